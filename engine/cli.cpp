@@ -1,0 +1,381 @@
+// The `stitch` command line: one binary, subcommands, one-line errors with exit status 2.
+#include <omp.h>
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "engine/cli_args.h"
+#include "engine/error.h"
+#include "engine/forward.h"
+#include "engine/generate.h"
+#include "engine/model.h"
+#include "engine/progress.h"
+#include "engine/prompts.h"
+#include "engine/version.h"
+
+namespace stitch {
+namespace {
+
+using json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+double peak_rss_mb() {
+    struct rusage ru{};
+    getrusage(RUSAGE_SELF, &ru);
+    return double(ru.ru_maxrss) / 1024.0;
+}
+
+void set_threads(const Args& a) {
+    if (a.get("--threads")) omp_set_num_threads(a.get_int("--threads", 1, 1, 4096));
+}
+
+// Writes text to PATH through a temporary name, so a failed run leaves nothing behind.
+void write_file_atomic(const std::string& path, const std::string& text) {
+    std::string tmp = path + ".tmp";
+    {
+        std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+        if (!out) fail(path, "cannot open for writing");
+        out << text;
+        out.flush();
+        if (!out) {
+            std::filesystem::remove(tmp);
+            fail(path, "write failed");
+        }
+    }
+    std::filesystem::rename(tmp, path);
+}
+
+const char* kUsage =
+    "stitch " STITCH_VERSION " — activation-space interventions on Llama, Qwen and Gemma models\n"
+    "\n"
+    "usage: stitch SUBCOMMAND [ARGS]\n"
+    "\n"
+    "  inspect MODEL            family, dimensions, dtypes, tokenizer of a model\n"
+    "  tokenize MODEL TEXT      token ids of TEXT\n"
+    "  generate MODEL ...       generate text (greedy or sampled), batched\n"
+    "  bench MODEL ...          prefill and decode tokens/s, peak memory\n"
+    "  help [SUBCOMMAND]        this text, or one subcommand's usage\n"
+    "\n"
+    "MODEL is an HF model folder: config.json, model.safetensors (or sharded with\n"
+    "model.safetensors.index.json), tokenizer.json. Errors print one line and exit with status 2.\n";
+
+const std::map<std::string, std::string> kHelp = {
+    {"inspect",
+     "usage: stitch inspect MODEL [--json]\n"
+     "  Prints the family, dimensions, layers, heads, vocabulary, RoPE, stored dtypes and tokenizer.\n"
+     "  --json     the same as one JSON object\n"},
+    {"tokenize",
+     "usage: stitch tokenize MODEL TEXT [--no-special] [--pieces]\n"
+     "  Prints the token ids of TEXT, space-separated. By default the tokenizer's special tokens\n"
+     "  are added as HF's encode(text) does (Llama 3 prepends <|begin_of_text|>).\n"
+     "  --no-special   encode without them (HF add_special_tokens=False)\n"
+     "  --pieces       print one 'id<TAB>piece' line per token instead\n"},
+    {"generate",
+     "usage: stitch generate MODEL (--prompt TEXT | --prompts FILE.jsonl) [-n N] [options]\n"
+     "  -n, --max-new-tokens N   tokens to generate per prompt (default 64)\n"
+     "  --temp T                 temperature; 0 = greedy (default 0)\n"
+     "  --top-k K                keep the K most likely tokens (default 0 = off)\n"
+     "  --top-p P                nucleus sampling mass (default 1 = off)\n"
+     "  --seed S                 sampling seed (default 0)\n"
+     "  --chat [auto|llama3|chatml|none]  wrap each prompt as one user turn (auto: from the tokenizer)\n"
+     "  --system TEXT            system message for --chat\n"
+     "  --batch B                prompts run together (default 8)\n"
+     "  --no-eos                 do not stop at the model's EOS tokens\n"
+     "  -o, --output FILE        write JSONL results here (default: stdout)\n"
+     "  --threads N              CPU threads (default: all cores)\n"
+     "  With --prompt, prints the completion. With --prompts (JSONL: {\"prompt\": ..., \"id\": ...,\n"
+     "  \"chat\": true|false}), prints one JSON object per prompt: id, prompt, completion,\n"
+     "  prompt_tokens, new_tokens, stop (\"eos\" or \"length\").\n"},
+    {"bench",
+     "usage: stitch bench MODEL [--prompt-len 512] [--decode 64] [--reps 3] [--threads N] [--json FILE]\n"
+     "  Prefill tokens/s on a random-id prompt (best of --reps after a warm-up), batch-1 decode\n"
+     "  tokens/s with the KV cache, weight bytes streamed per decoded token as GB/s, load time and\n"
+     "  peak RSS.\n"},
+    {"help", "usage: stitch help [SUBCOMMAND]\n"},
+};
+
+Model load_with_timing(const std::string& path, double* seconds = nullptr) {
+    auto t0 = Clock::now();
+    Model m = load_model(path);
+    if (seconds) *seconds = seconds_since(t0);
+    return m;
+}
+
+const char* rope_type_name(RopeType t) {
+    switch (t) {
+        case RopeType::Default: return "default";
+        case RopeType::Linear: return "linear";
+        case RopeType::Llama3: return "llama3";
+    }
+    return "?";
+}
+
+int cmd_inspect(int argc, char** argv) {
+    Args a = Args::parse(argc, argv, 2, {"--threads"}, {"--json"});
+    if (a.positional.size() != 1) fail("inspect", "expects one MODEL argument");
+    double load_s = 0;
+    Model m = load_with_timing(a.positional[0], &load_s);
+    const ModelConfig& c = m.config;
+    int n_window = int(std::count_if(c.layer_window.begin(), c.layer_window.end(), [](int w) { return w > 0; }));
+    json j = {{"path", m.path},
+              {"family", c.family_name()},
+              {"model_type", c.model_type},
+              {"parameters", c.param_count()},
+              {"hidden", c.hidden},
+              {"layers", c.n_layers},
+              {"heads", c.n_heads},
+              {"kv_heads", c.n_kv_heads},
+              {"head_dim", c.head_dim},
+              {"intermediate", c.intermediate},
+              {"vocab", c.vocab_size},
+              {"tied_embeddings", c.tied_embeddings},
+              {"qkv_bias", c.qkv_bias},
+              {"qk_norm", c.qk_norm},
+              {"rope", {{"type", rope_type_name(c.rope.type)}, {"theta", c.rope.theta}, {"factor", c.rope.factor}}},
+              {"sliding_window_layers", n_window},
+              {"norm_eps", c.norm_eps},
+              {"eos_ids", c.eos_ids},
+              {"stored_dtypes", m.weight_dtypes},
+              {"compute_dtype", "F32"},
+              {"tokenizer", m.tokenizer.describe()},
+              {"load_seconds", load_s}};
+    if (a.has("--json")) {
+        std::cout << j.dump(2) << "\n";
+        return 0;
+    }
+    fmt::print("model        {}\n", m.path);
+    fmt::print("family       {} (model_type {})\n", c.family_name(), c.model_type);
+    fmt::print("parameters   {:.1f}M\n", double(c.param_count()) / 1e6);
+    fmt::print("dims         hidden {}, intermediate {}, head_dim {}\n", c.hidden, c.intermediate, c.head_dim);
+    fmt::print("layers       {}\n", c.n_layers);
+    fmt::print("heads        {} query, {} key/value (GQA x{})\n", c.n_heads, c.n_kv_heads, c.n_heads / c.n_kv_heads);
+    fmt::print("vocab        {}{}\n", c.vocab_size, c.tied_embeddings ? " (tied embeddings)" : "");
+    fmt::print("attention    {}{}{}\n", c.qkv_bias ? "q/k/v biases" : "no biases", c.qk_norm ? ", q/k RMSNorm" : "",
+               n_window ? fmt::format(", {} sliding-window layers", n_window) : std::string());
+    fmt::print("rope         {} theta {}{}\n", rope_type_name(c.rope.type), c.rope.theta,
+               c.rope.type == RopeType::Default ? std::string() : fmt::format(", factor {}", c.rope.factor));
+    fmt::print("norm eps     {}\n", c.norm_eps);
+    fmt::print("eos ids      {}\n", fmt::join(c.eos_ids, ", "));
+    fmt::print("dtypes       stored {}; computed F32 on CPU\n", m.weight_dtypes);
+    fmt::print("tokenizer    {}\n", m.tokenizer.describe());
+    fmt::print("load time    {:.2f}s\n", load_s);
+    return 0;
+}
+
+int cmd_tokenize(int argc, char** argv) {
+    Args a = Args::parse(argc, argv, 2, {}, {"--no-special", "--pieces"});
+    if (a.positional.size() != 2) fail("tokenize", "expects MODEL and TEXT");
+    Tokenizer t = Tokenizer::load_dir(a.positional[0]);
+    auto ids = t.encode(a.positional[1], !a.has("--no-special"));
+    if (a.has("--pieces")) {
+        for (auto id : ids) fmt::print("{}\t{}\n", id, t.token_text(id));
+    } else {
+        fmt::print("{}\n", fmt::join(ids, " "));
+    }
+    return 0;
+}
+
+int cmd_generate(int argc, char** argv) {
+    Args a = Args::parse(argc, argv, 2,
+                         {"--prompt", "--prompts", "-n", "--max-new-tokens", "--temp", "--top-k", "--top-p", "--seed",
+                          "--chat", "--system", "--batch", "-o", "--output", "--threads"},
+                         {"--no-eos"});
+    if (a.positional.size() != 1) fail("generate", "expects one MODEL argument");
+    if (a.has("--prompt") == a.has("--prompts")) fail("generate", "give exactly one of --prompt TEXT or --prompts FILE.jsonl");
+    set_threads(a);
+    GenerateOptions go;
+    go.max_new_tokens = a.has("-n") ? a.get_int("-n", 64, 1, 1 << 20) : a.get_int("--max-new-tokens", 64, 1, 1 << 20);
+    go.sampling.temperature = float(a.get_double("--temp", 0.0, 0.0, 100.0));
+    go.sampling.top_k = a.get_int("--top-k", 0, 0, 1 << 24);
+    go.sampling.top_p = float(a.get_double("--top-p", 1.0, 1e-6, 1.0));
+    go.sampling.seed = a.get_u64("--seed", 0);
+    go.stop_at_eos = !a.has("--no-eos");
+    const int batch = a.get_int("--batch", 8, 1, 4096);
+    std::string out_path = a.get_or("-o", a.get_or("--output", ""));
+
+    // Read every input before loading the model: bad input fails fast and writes nothing.
+    std::vector<PromptRecord> recs;
+    if (auto p = a.get("--prompt")) recs.push_back(PromptRecord{"0", *p, std::nullopt});
+    else recs = read_prompts_jsonl(*a.get("--prompts"));
+
+    Model m = load_model(a.positional[0]);
+    std::optional<ChatFormat> chat_fmt;
+    bool chat_default = false;
+    if (a.has("--chat")) {
+        chat_default = true;
+        chat_fmt = parse_chat_format(a.get_or("--chat", "auto"));
+    }
+    const std::string system = a.get_or("--system", "");
+    std::vector<std::vector<int32_t>> ids;
+    for (const auto& r : recs) {
+        bool use_chat = r.chat.value_or(chat_default);
+        ChatFormat f = ChatFormat::None;
+        if (use_chat) f = chat_fmt && *chat_fmt != ChatFormat::None ? *chat_fmt : detect_chat_format(m.tokenizer);
+        ids.push_back(encode_prompt(m, r.prompt, f, system));
+        if (int(ids.back().size()) + go.max_new_tokens > m.config.max_position)
+            fail(a.get_or("--prompts", "--prompt"), "prompt {} needs {} positions; the model allows {}", r.id,
+                 ids.back().size() + size_t(go.max_new_tokens), m.config.max_position);
+    }
+
+    Progress prog("generate", long(recs.size()), "prompts");
+    std::string jsonl;
+    long tokens_done = 0;
+    for (size_t b0 = 0; b0 < recs.size(); b0 += size_t(batch)) {
+        size_t b1 = std::min(recs.size(), b0 + size_t(batch));
+        std::vector<std::vector<int32_t>> chunk(ids.begin() + long(b0), ids.begin() + long(b1));
+        long base = tokens_done;
+        go.on_progress = [&](int produced, double) { prog.update(long(b0), base + produced); };
+        auto gens = generate(m, chunk, go);
+        for (size_t i = 0; i < gens.size(); ++i) {
+            const auto& g = gens[i];
+            tokens_done += long(g.new_ids.size());
+            std::vector<int32_t> text_ids = g.new_ids;
+            if (g.stopped_at_eos) text_ids.pop_back();
+            std::string completion = m.tokenizer.decode(text_ids, false);
+            if (a.has("--prompt") && out_path.empty()) {
+                std::cout << completion << std::endl;
+            } else {
+                json j = {{"id", recs[b0 + i].id},
+                          {"prompt", recs[b0 + i].prompt},
+                          {"completion", completion},
+                          {"prompt_tokens", g.prompt_ids.size()},
+                          {"new_tokens", g.new_ids},
+                          {"stop", g.stopped_at_eos ? "eos" : "length"}};
+                jsonl += j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
+            }
+        }
+        prog.update(long(b1), tokens_done, b1 == recs.size());
+    }
+    if (!jsonl.empty()) {
+        if (out_path.empty()) std::cout << jsonl;
+        else write_file_atomic(out_path, jsonl);
+    }
+    return 0;
+}
+
+int cmd_bench(int argc, char** argv) {
+    Args a = Args::parse(argc, argv, 2, {"--prompt-len", "--decode", "--reps", "--threads", "--json", "--seed"}, {});
+    if (a.positional.size() != 1) fail("bench", "expects one MODEL argument");
+    set_threads(a);
+    const int prompt_len = a.get_int("--prompt-len", 512, 1, 1 << 20);
+    const int n_decode = a.get_int("--decode", 64, 1, 1 << 20);
+    const int reps = a.get_int("--reps", 3, 1, 1000);
+    double load_s = 0;
+    Model m = load_with_timing(a.positional[0], &load_s);
+    const ModelConfig& c = m.config;
+    std::mt19937_64 rng(a.get_u64("--seed", 1234));
+    std::vector<int32_t> prompt(static_cast<size_t>(prompt_len));
+    const int id_limit = std::min(c.vocab_size, std::max(1, m.tokenizer.vocab_size()));
+    for (auto& t : prompt) t = int32_t(rng() % uint64_t(id_limit));
+
+    RunState st;
+    auto run_prefill = [&](KVCache& kv) {
+        SeqInput in{&kv, prompt};
+        return forward(m, st, std::span<const SeqInput>(&in, 1));
+    };
+    fmt::print(stderr, "bench: warm-up prefill of {} tokens\n", prompt_len);
+    {
+        KVCache kv(c, prompt_len);
+        run_prefill(kv);
+    }
+    double best_prefill = 1e30;
+    for (int r = 0; r < reps; ++r) {
+        KVCache kv(c, prompt_len);
+        auto t0 = Clock::now();
+        run_prefill(kv);
+        best_prefill = std::min(best_prefill, seconds_since(t0));
+        fmt::print(stderr, "bench: prefill rep {}/{}: {:.1f} tok/s\n", r + 1, reps, prompt_len / seconds_since(t0));
+    }
+    // Decode: a short prompt, then n_decode greedy steps with the cache.
+    KVCache kv(c, 16 + n_decode + 1);
+    std::vector<int32_t> first(prompt.begin(), prompt.begin() + std::min(16, prompt_len));
+    SeqInput in0{&kv, first};
+    auto logits = forward(m, st, std::span<const SeqInput>(&in0, 1));
+    std::mt19937_64 srng(0);
+    int32_t tok = sample_token(logits.data(), c.vocab_size, {}, srng);
+    auto t0 = Clock::now();
+    for (int i = 0; i < n_decode; ++i) {
+        SeqInput in{&kv, std::span<const int32_t>(&tok, 1)};
+        logits = forward(m, st, std::span<const SeqInput>(&in, 1));
+        tok = sample_token(logits.data(), c.vocab_size, {}, srng);
+    }
+    double decode_s = seconds_since(t0);
+    const double prefill_tps = prompt_len / best_prefill, decode_tps = n_decode / decode_s;
+    // Bytes a decode step must stream: every weight once (float32 on the CPU).
+    const double weight_bytes = 4.0 * double(c.param_count());
+    json j = {{"model", m.path},
+              {"parameters", c.param_count()},
+              {"threads", omp_get_max_threads()},
+              {"prompt_len", prompt_len},
+              {"prefill_tok_s", prefill_tps},
+              {"decode_tokens", n_decode},
+              {"decode_tok_s", decode_tps},
+              {"decode_weight_gb_s", weight_bytes * decode_tps / 1e9},
+              {"load_seconds", load_s},
+              {"peak_rss_mb", peak_rss_mb()},
+              {"compute_dtype", "F32"},
+              {"device", "cpu"},
+              {"stitch_version", STITCH_VERSION}};
+    fmt::print("model            {}\n", m.path);
+    fmt::print("parameters       {:.1f}M, threads {}\n", double(c.param_count()) / 1e6, omp_get_max_threads());
+    fmt::print("prefill          {:.1f} tok/s ({} tokens, best of {})\n", prefill_tps, prompt_len, reps);
+    fmt::print("decode (batch 1) {:.1f} tok/s ({} tokens), {:.1f} GB/s of F32 weights\n", decode_tps, n_decode,
+               weight_bytes * decode_tps / 1e9);
+    fmt::print("load             {:.2f}s\n", load_s);
+    fmt::print("peak RSS         {:.0f} MB\n", peak_rss_mb());
+    if (auto p = a.get("--json")) write_file_atomic(*p, j.dump(2) + "\n");
+    return 0;
+}
+
+int cmd_help(int argc, char** argv) {
+    if (argc >= 3) {
+        auto it = kHelp.find(argv[2]);
+        if (it == kHelp.end()) fail(argv[2], "no such subcommand");
+        std::cout << it->second;
+    } else {
+        std::cout << kUsage;
+    }
+    return 0;
+}
+
+}  // namespace
+
+int run_cli(int argc, char** argv) {
+    if (argc < 2) {
+        std::cerr << kUsage;
+        return 2;
+    }
+    std::string cmd = argv[1];
+    try {
+        if (cmd == "help" || cmd == "--help" || cmd == "-h") return cmd_help(argc, argv);
+        if (cmd == "--version" || cmd == "version") {
+            std::cout << "stitch " STITCH_VERSION "\n";
+            return 0;
+        }
+        if (cmd == "inspect") return cmd_inspect(argc, argv);
+        if (cmd == "tokenize") return cmd_tokenize(argc, argv);
+        if (cmd == "generate") return cmd_generate(argc, argv);
+        if (cmd == "bench") return cmd_bench(argc, argv);
+        fail(cmd, "unknown subcommand (see `stitch help`)");
+    } catch (const Error& e) {
+        std::cout.flush();
+        std::cerr << "stitch: error: " << e.what() << "\n";
+        return 2;
+    } catch (const std::bad_alloc&) {
+        std::cerr << "stitch: error: out of memory\n";
+        return 2;
+    } catch (const std::exception& e) {
+        std::cerr << "stitch: error: " << e.what() << "\n";
+        return 2;
+    }
+}
+
+}  // namespace stitch

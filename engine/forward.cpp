@@ -1,0 +1,158 @@
+#include "engine/forward.h"
+
+#include <cstring>
+
+#include "engine/error.h"
+#include "kernels/cpu/ops_cpu.h"
+
+namespace stitch {
+
+const char* site_name(Site s) {
+    switch (s) {
+        case Site::Embed: return "embed";
+        case Site::ResidPre: return "resid_pre";
+        case Site::AttnOut: return "attn_out";
+        case Site::ResidMid: return "resid_mid";
+        case Site::MlpOut: return "mlp_out";
+        case Site::ResidPost: return "resid_post";
+        case Site::FinalNorm: return "final_norm";
+        case Site::Logits: return "logits";
+    }
+    return "?";
+}
+
+KVCache::KVCache(const ModelConfig& c, int cap) : capacity(cap) {
+    size_t n = size_t(c.n_layers) * size_t(cap) * size_t(c.kv_dim());
+    k.assign(n, 0.0f);
+    v.assign(n, 0.0f);
+}
+
+std::vector<float> forward(const Model& m, RunState& st, std::span<const SeqInput> seqs, const ForwardOptions& opt) {
+    const ModelConfig& c = m.config;
+    const Weights& w = m.weights;
+    const int d = c.hidden, hd = c.head_dim, qd = c.q_dim(), kvd = c.kv_dim(), I = c.intermediate;
+    const int qkv_w = qd + 2 * kvd;
+
+    // Pack rows: every new token of every sequence.
+    int n = 0;
+    for (const auto& s : seqs) {
+        if (s.cache->length + int(s.tokens.size()) > s.cache->capacity)
+            fail("", "KV cache full: sequence needs {} positions, capacity {}", s.cache->length + s.tokens.size(),
+                 s.cache->capacity);
+        n += int(s.tokens.size());
+    }
+    if (n == 0) return {};
+    st.row_seq.resize(size_t(n));
+    st.row_pos.resize(size_t(n));
+    st.row_cache.resize(size_t(n));
+    st.token.resize(size_t(n));
+    st.logit_src.clear();
+    {
+        int r = 0;
+        for (size_t si = 0; si < seqs.size(); ++si) {
+            const auto& s = seqs[si];
+            for (size_t t = 0; t < s.tokens.size(); ++t, ++r) {
+                int32_t id = s.tokens[t];
+                if (id < 0 || id >= c.vocab_size) fail("", "token id {} is outside the vocabulary (0..{})", id, c.vocab_size - 1);
+                st.token[size_t(r)] = id;
+                st.row_seq[size_t(r)] = int32_t(si);
+                st.row_cache[size_t(r)] = int32_t(si);
+                st.row_pos[size_t(r)] = s.cache->length + int32_t(t);
+                if (opt.all_logits || t + 1 == s.tokens.size()) st.logit_src.push_back(r);
+            }
+        }
+    }
+    st.x.resize(size_t(n) * d);
+    st.h.resize(size_t(n) * d);
+    st.qkv.resize(size_t(n) * qkv_w);
+    st.attn.resize(size_t(n) * qd);
+    st.proj.resize(size_t(n) * d);
+    st.gate_up.resize(size_t(n) * 2 * I);
+    st.mlp.resize(size_t(n) * I);
+
+    const Hooks* hooks = opt.hooks && opt.hooks->site_mask ? opt.hooks : nullptr;
+    auto hook = [&](Site s, int layer, float* data, int rows, int cols, const int32_t* seq, const int32_t* pos) {
+        if (hooks && hooks->wants(s)) hooks->on_site(SiteView{s, layer, data, rows, cols, seq, pos});
+    };
+    const int32_t* rs = st.row_seq.data();
+    const int32_t* rp = st.row_pos.data();
+
+    // embed
+    for (int r = 0; r < n; ++r)
+        std::memcpy(&st.x[size_t(r) * d], &w.embed[size_t(st.token[size_t(r)]) * d], sizeof(float) * size_t(d));
+    hook(Site::Embed, -1, st.x.data(), n, d, rs, rp);
+
+    std::vector<const float*> k_base(seqs.size()), v_base(seqs.size());
+    for (int L = 0; L < c.n_layers; ++L) {
+        const LayerWeights& lw = w.layers[size_t(L)];
+        hook(Site::ResidPre, L, st.x.data(), n, d, rs, rp);
+
+        // attention: norm → fused qkv GEMM → (q/k norm) → RoPE → cache append → attend → o_proj
+        cpu::rmsnorm(st.h.data(), st.x.data(), lw.attn_norm.data(), n, d, c.norm_eps);
+        cpu::matmul_wt(st.qkv.data(), st.h.data(), lw.wqkv.data(), lw.bqkv.empty() ? nullptr : lw.bqkv.data(), n,
+                       qkv_w, d);
+        if (c.qk_norm) {
+            for (int r = 0; r < n; ++r) {
+                float* row = &st.qkv[size_t(r) * qkv_w];
+                cpu::rmsnorm(row, row, lw.q_norm.data(), c.n_heads, hd, c.norm_eps);
+                cpu::rmsnorm(row + qd, row + qd, lw.k_norm.data(), c.n_kv_heads, hd, c.norm_eps);
+            }
+        }
+        const float* inv_freq = m.inv_freq[size_t(L)].data();
+        cpu::rope(st.qkv.data(), n, qkv_w, 0, c.n_heads, hd, rp, inv_freq);
+        cpu::rope(st.qkv.data(), n, qkv_w, qd, c.n_kv_heads, hd, rp, inv_freq);
+        for (int r = 0; r < n; ++r) {
+            KVCache* kc = seqs[size_t(rs[r])].cache;
+            const float* row = &st.qkv[size_t(r) * qkv_w];
+            std::memcpy(kc->k_layer(L, kvd) + int64_t(rp[r]) * kvd, row + qd, sizeof(float) * size_t(kvd));
+            std::memcpy(kc->v_layer(L, kvd) + int64_t(rp[r]) * kvd, row + qd + kvd, sizeof(float) * size_t(kvd));
+        }
+        for (size_t s = 0; s < seqs.size(); ++s) {
+            k_base[s] = seqs[s].cache->k_layer(L, kvd);
+            v_base[s] = seqs[s].cache->v_layer(L, kvd);
+        }
+        cpu::attention(st.attn.data(), st.qkv.data(), qkv_w, st.row_cache.data(), rp, n, k_base.data(), v_base.data(),
+                       kvd, c.n_heads, c.n_kv_heads, hd, c.attn_scale, c.layer_window[size_t(L)], 0.0f);
+        cpu::matmul_wt(st.proj.data(), st.attn.data(), lw.wo.data(), lw.bo.empty() ? nullptr : lw.bo.data(), n, d, qd);
+        hook(Site::AttnOut, L, st.proj.data(), n, d, rs, rp);
+        cpu::add(st.x.data(), st.proj.data(), int64_t(n) * d);
+        hook(Site::ResidMid, L, st.x.data(), n, d, rs, rp);
+
+        // MLP: norm → fused gate/up GEMM → silu(gate)·up → down
+        cpu::rmsnorm(st.h.data(), st.x.data(), lw.mlp_norm.data(), n, d, c.norm_eps);
+        cpu::matmul_wt(st.gate_up.data(), st.h.data(), lw.w_gate_up.data(),
+                       lw.b_gate_up.empty() ? nullptr : lw.b_gate_up.data(), n, 2 * I, d);
+        cpu::silu_mul(st.mlp.data(), st.gate_up.data(), n, I);
+        cpu::matmul_wt(st.proj.data(), st.mlp.data(), lw.w_down.data(), lw.b_down.empty() ? nullptr : lw.b_down.data(),
+                       n, d, I);
+        hook(Site::MlpOut, L, st.proj.data(), n, d, rs, rp);
+        cpu::add(st.x.data(), st.proj.data(), int64_t(n) * d);
+        hook(Site::ResidPost, L, st.x.data(), n, d, rs, rp);
+    }
+    for (const auto& s : seqs) s.cache->length += int(s.tokens.size());
+
+    // final norm, then logits for the requested rows only
+    const int nl = int(st.logit_src.size());
+    std::vector<int32_t> lseq(static_cast<size_t>(nl)), lpos(static_cast<size_t>(nl));
+    for (int i = 0; i < nl; ++i) {
+        lseq[size_t(i)] = rs[st.logit_src[size_t(i)]];
+        lpos[size_t(i)] = rp[st.logit_src[size_t(i)]];
+    }
+    const bool want_all_norm = hooks && hooks->wants(Site::FinalNorm);
+    if (want_all_norm) {
+        cpu::rmsnorm(st.h.data(), st.x.data(), w.final_norm.data(), n, d, c.norm_eps);
+        hook(Site::FinalNorm, -1, st.h.data(), n, d, rs, rp);
+        for (int i = 0; i < nl; ++i)
+            std::memmove(&st.h[size_t(i) * d], &st.h[size_t(st.logit_src[size_t(i)]) * d], sizeof(float) * size_t(d));
+    } else {
+        for (int i = 0; i < nl; ++i)
+            cpu::rmsnorm(&st.h[size_t(i) * d], &st.x[size_t(st.logit_src[size_t(i)]) * d], w.final_norm.data(), 1, d,
+                         c.norm_eps);
+    }
+    std::vector<float> logits(size_t(nl) * size_t(c.vocab_size));
+    cpu::matmul_wt(logits.data(), st.h.data(), w.output().data(), nullptr, nl, c.vocab_size, d);
+    hook(Site::Logits, -1, logits.data(), nl, c.vocab_size, lseq.data(), lpos.data());
+    return logits;
+}
+
+}  // namespace stitch

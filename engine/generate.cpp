@@ -1,0 +1,144 @@
+#include "engine/generate.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <numeric>
+
+#include "engine/error.h"
+
+namespace stitch {
+
+int32_t sample_token(const float* logits, int vocab, const SamplingParams& p, std::mt19937_64& rng) {
+    if (p.temperature <= 0.0f) {
+        int32_t best = 0;
+        for (int i = 1; i < vocab; ++i)
+            if (logits[i] > logits[best]) best = i;
+        return best;
+    }
+    std::vector<int32_t> idx(static_cast<size_t>(vocab));
+    std::iota(idx.begin(), idx.end(), 0);
+    size_t keep = size_t(vocab);
+    if (p.top_k > 0 && size_t(p.top_k) < keep) {
+        keep = size_t(p.top_k);
+        std::partial_sort(idx.begin(), idx.begin() + long(keep), idx.end(),
+                          [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); });
+    } else {
+        std::sort(idx.begin(), idx.end(),
+                  [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); });
+    }
+    std::vector<double> prob(keep);
+    const double mx = double(logits[idx[0]]) / p.temperature;
+    double sum = 0;
+    for (size_t i = 0; i < keep; ++i) sum += prob[i] = std::exp(double(logits[idx[i]]) / p.temperature - mx);
+    if (p.top_p < 1.0f) {
+        // Smallest prefix whose mass reaches top_p (always at least one token).
+        double cum = 0;
+        size_t cut = keep;
+        for (size_t i = 0; i < keep; ++i) {
+            cum += prob[i] / sum;
+            if (cum >= p.top_p) {
+                cut = i + 1;
+                break;
+            }
+        }
+        keep = cut;
+        sum = std::accumulate(prob.begin(), prob.begin() + long(keep), 0.0);
+    }
+    // One uniform draw in [0, sum): 53 random bits, independent of the library's distributions.
+    double u = double(rng() >> 11) * 0x1.0p-53 * sum;
+    for (size_t i = 0; i < keep; ++i) {
+        u -= prob[i];
+        if (u < 0) return idx[i];
+    }
+    return idx[keep - 1];
+}
+
+std::vector<Generation> generate(const Model& m, const std::vector<std::vector<int32_t>>& prompts,
+                                 const GenerateOptions& opt) {
+    const ModelConfig& c = m.config;
+    const std::vector<int32_t>& eos = opt.eos_ids.empty() ? c.eos_ids : opt.eos_ids;
+    std::vector<Generation> out(prompts.size());
+    std::vector<KVCache> caches;
+    caches.reserve(prompts.size());
+    for (size_t i = 0; i < prompts.size(); ++i) {
+        if (prompts[i].empty()) fail("", "prompt {} is empty after tokenization", i);
+        out[i].prompt_ids = prompts[i];
+        caches.emplace_back(c, int(prompts[i].size()) + opt.max_new_tokens);
+    }
+    std::mt19937_64 rng(opt.sampling.seed);
+    RunState st;
+    ForwardOptions fo;
+    fo.hooks = opt.hooks;
+    std::vector<size_t> active(prompts.size());
+    std::iota(active.begin(), active.end(), 0);
+    std::vector<int32_t> next(prompts.size());
+    auto t0 = std::chrono::steady_clock::now();
+    int produced = 0;
+    for (int step = 0; step < opt.max_new_tokens && !active.empty(); ++step) {
+        std::vector<SeqInput> in;
+        for (size_t i : active) {
+            std::span<const int32_t> toks = step == 0 ? std::span<const int32_t>(prompts[i])
+                                                      : std::span<const int32_t>(&next[i], 1);
+            in.push_back(SeqInput{&caches[i], toks});
+        }
+        std::vector<float> logits = forward(m, st, in, fo);
+        std::vector<size_t> still;
+        for (size_t a = 0; a < active.size(); ++a) {
+            size_t i = active[a];
+            int32_t tok = sample_token(&logits[a * size_t(c.vocab_size)], c.vocab_size, opt.sampling, rng);
+            out[i].new_ids.push_back(tok);
+            next[i] = tok;
+            ++produced;
+            if (opt.stop_at_eos && std::find(eos.begin(), eos.end(), tok) != eos.end())
+                out[i].stopped_at_eos = true;
+            else
+                still.push_back(i);
+        }
+        active.swap(still);
+        if (opt.on_progress)
+            opt.on_progress(produced,
+                            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    return out;
+}
+
+std::optional<ChatFormat> parse_chat_format(const std::string& s) {
+    if (s == "llama3") return ChatFormat::Llama3;
+    if (s == "chatml") return ChatFormat::ChatML;
+    if (s == "none") return ChatFormat::None;
+    if (s == "auto") return std::nullopt;
+    fail("--chat", "unknown chat format '{}' (auto, llama3, chatml, none)", s);
+}
+
+ChatFormat detect_chat_format(const Tokenizer& t) {
+    if (t.token_id("<|start_header_id|>")) return ChatFormat::Llama3;
+    if (t.token_id("<|im_start|>")) return ChatFormat::ChatML;
+    fail("", "cannot tell the chat format from the tokenizer (no <|start_header_id|> or <|im_start|>); pass --chat llama3|chatml");
+}
+
+std::string format_chat(ChatFormat f, const std::string& user, const std::string& system) {
+    switch (f) {
+        case ChatFormat::None: return user;
+        case ChatFormat::Llama3: {
+            std::string s = "<|begin_of_text|>";
+            if (!system.empty()) s += "<|start_header_id|>system<|end_header_id|>\n\n" + system + "<|eot_id|>";
+            s += "<|start_header_id|>user<|end_header_id|>\n\n" + user + "<|eot_id|>";
+            return s + "<|start_header_id|>assistant<|end_header_id|>\n\n";
+        }
+        case ChatFormat::ChatML: {
+            std::string s;
+            if (!system.empty()) s += "<|im_start|>system\n" + system + "<|im_end|>\n";
+            s += "<|im_start|>user\n" + user + "<|im_end|>\n";
+            return s + "<|im_start|>assistant\n";
+        }
+    }
+    return user;
+}
+
+std::vector<int32_t> encode_prompt(const Model& m, const std::string& text, ChatFormat chat, const std::string& system) {
+    if (chat == ChatFormat::None) return m.tokenizer.encode(text, true);
+    return m.tokenizer.encode(format_chat(chat, text, system), false);
+}
+
+}  // namespace stitch

@@ -1,0 +1,58 @@
+// Text generation: batched prefill + cached decode, greedy or sampled, EOS stopping,
+// chat formatting.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "engine/forward.h"
+
+namespace stitch {
+
+struct SamplingParams {
+    float temperature = 0.0f;  // 0 = greedy
+    int top_k = 0;             // 0 = off
+    float top_p = 1.0f;        // 1 = off
+    uint64_t seed = 0;
+};
+
+// Picks the next token from one row of logits. Greedy takes the first maximum (as
+// torch.argmax does). Sampling: temperature, then top-k, then top-p over the sorted
+// probabilities, then one draw from rng.
+int32_t sample_token(const float* logits, int vocab, const SamplingParams& p, std::mt19937_64& rng);
+
+struct GenerateOptions {
+    int max_new_tokens = 32;
+    SamplingParams sampling;
+    bool stop_at_eos = true;
+    std::vector<int32_t> eos_ids;  // empty: the model's
+    const Hooks* hooks = nullptr;
+    // Called after each decode step with (tokens generated so far across the batch, elapsed s).
+    std::function<void(int, double)> on_progress;
+};
+
+struct Generation {
+    std::vector<int32_t> prompt_ids;
+    std::vector<int32_t> new_ids;  // EOS included when it stopped there
+    bool stopped_at_eos = false;
+};
+
+// Generates for every prompt (token ids) together. Each sequence stops on its own.
+std::vector<Generation> generate(const Model& m, const std::vector<std::vector<int32_t>>& prompts,
+                                 const GenerateOptions& opt);
+
+enum class ChatFormat { None, Llama3, ChatML };
+std::optional<ChatFormat> parse_chat_format(const std::string& s);  // "llama3", "chatml", "auto" → nullopt
+// "auto": Llama 3 when the vocabulary has <|start_header_id|>, ChatML when it has <|im_start|>.
+ChatFormat detect_chat_format(const Tokenizer& t);
+// The prompt as the chat template renders one user turn plus the assistant header.
+std::string format_chat(ChatFormat f, const std::string& user, const std::string& system = "");
+
+// Tokenizes a prompt the way the model expects: with the tokenizer's special tokens
+// (BOS) for plain text; chat-formatted text already carries them.
+std::vector<int32_t> encode_prompt(const Model& m, const std::string& text, ChatFormat chat, const std::string& system = "");
+
+}  // namespace stitch

@@ -1,0 +1,119 @@
+#include "engine/model.h"
+
+#include <cmath>
+
+#include "engine/error.h"
+#include "engine/safetensors.h"
+#include "models/hf.h"
+
+namespace stitch {
+
+std::vector<float> rope_inv_freq(const ModelConfig& c) {
+    const int half = c.head_dim / 2;
+    std::vector<float> f(static_cast<size_t>(half));
+    for (int i = 0; i < half; ++i) {
+        // HF: 1 / base^(arange(0, dim, 2) / dim), in float32.
+        float expo = float(2 * i) / float(c.head_dim);
+        f[size_t(i)] = 1.0f / float(std::pow(c.rope.theta, double(expo)));
+    }
+    const auto& r = c.rope;
+    if (r.type == RopeType::Linear) {
+        for (auto& x : f) x = float(x / r.factor);
+    } else if (r.type == RopeType::Llama3) {
+        // Long wavelengths are slowed by `factor`, short ones kept, the band between blended.
+        const double low_wavelen = r.original_max_position / r.low_freq_factor;
+        const double high_wavelen = r.original_max_position / r.high_freq_factor;
+        for (auto& x : f) {
+            const float wavelen = float(2.0 * M_PI) / x;
+            if (wavelen > low_wavelen) {
+                x = float(x / r.factor);
+            } else if (wavelen >= high_wavelen) {
+                const float smooth = float((r.original_max_position / wavelen - r.low_freq_factor) /
+                                           (r.high_freq_factor - r.low_freq_factor));
+                x = (1.0f - smooth) * float(x / r.factor) + smooth * x;
+            }
+        }
+    }
+    return f;
+}
+
+namespace {
+
+struct Loader {
+    const WeightFiles& files;
+    const ModelConfig& c;
+
+    std::vector<float> get(const std::string& name, std::vector<int64_t> shape) const {
+        auto* e = files.find(name);
+        if (!e) fail(files.origin(), "missing tensor '{}'", name);
+        if (e->info->shape != shape) {
+            TensorInfo want;
+            want.shape = shape;
+            fail(e->file->path(), "tensor '{}' has shape {} but the config implies {}", name, e->info->shape_str(),
+                 want.shape_str());
+        }
+        return e->file->to_f32(*e->info);
+    }
+    std::vector<float> get_if(bool wanted, const std::string& name, std::vector<int64_t> shape) const {
+        return wanted ? get(name, std::move(shape)) : std::vector<float>{};
+    }
+};
+
+template <typename... V>
+std::vector<float> concat(V&&... parts) {
+    std::vector<float> out;
+    (out.insert(out.end(), parts.begin(), parts.end()), ...);
+    return out;
+}
+
+}  // namespace
+
+Model load_model(const std::filesystem::path& path) {
+    if (!std::filesystem::exists(path)) fail(path.string(), "no such file or folder");
+    if (!std::filesystem::is_directory(path))
+        fail(path.string(), "not an HF model folder (GGUF files are not supported yet)");
+    Model m;
+    m.path = path.string();
+    m.config = load_hf_config(path);
+    const ModelConfig& c = m.config;
+    // Cheap checks first: a missing or mismatched tokenizer fails before any weight is read.
+    m.tokenizer = Tokenizer::load_dir(path);
+    if (m.tokenizer.vocab_size() > c.vocab_size)
+        fail((path / "tokenizer.json").string(), "tokenizer has {} tokens but the model's vocabulary is {}",
+             m.tokenizer.vocab_size(), c.vocab_size);
+    WeightFiles files(path);
+    m.weight_dtypes = files.dtype_summary();
+    Loader ld{files, c};
+    const int64_t d = c.hidden, q = c.q_dim(), kv = c.kv_dim(), I = c.intermediate, V = c.vocab_size;
+    Weights& w = m.weights;
+    w.embed = ld.get(hf_names::embed, {V, d});
+    w.layers.resize(size_t(c.n_layers));
+    for (int L = 0; L < c.n_layers; ++L) {
+        auto n = [&](const char* s) { return hf_names::layer(L, s); };
+        LayerWeights& lw = w.layers[size_t(L)];
+        lw.attn_norm = ld.get(n("input_layernorm.weight"), {d});
+        lw.wqkv = concat(ld.get(n("self_attn.q_proj.weight"), {q, d}), ld.get(n("self_attn.k_proj.weight"), {kv, d}),
+                         ld.get(n("self_attn.v_proj.weight"), {kv, d}));
+        if (c.qkv_bias)
+            lw.bqkv = concat(ld.get(n("self_attn.q_proj.bias"), {q}), ld.get(n("self_attn.k_proj.bias"), {kv}),
+                             ld.get(n("self_attn.v_proj.bias"), {kv}));
+        lw.wo = ld.get(n("self_attn.o_proj.weight"), {d, q});
+        lw.bo = ld.get_if(c.o_bias, n("self_attn.o_proj.bias"), {d});
+        lw.q_norm = ld.get_if(c.qk_norm, n("self_attn.q_norm.weight"), {c.head_dim});
+        lw.k_norm = ld.get_if(c.qk_norm, n("self_attn.k_norm.weight"), {c.head_dim});
+        lw.mlp_norm = ld.get(n("post_attention_layernorm.weight"), {d});
+        lw.w_gate_up = concat(ld.get(n("mlp.gate_proj.weight"), {I, d}), ld.get(n("mlp.up_proj.weight"), {I, d}));
+        if (c.mlp_bias)
+            lw.b_gate_up = concat(ld.get(n("mlp.gate_proj.bias"), {I}), ld.get(n("mlp.up_proj.bias"), {I}));
+        lw.w_down = ld.get(n("mlp.down_proj.weight"), {d, I});
+        lw.b_down = ld.get_if(c.mlp_bias, n("mlp.down_proj.bias"), {d});
+    }
+    w.final_norm = ld.get(hf_names::final_norm, {d});
+    if (!c.tied_embeddings) w.lm_head = ld.get(hf_names::lm_head, {V, d});
+
+    auto f = rope_inv_freq(c);
+    m.inv_freq.assign(size_t(c.n_layers), f);
+    return m;
+}
+
+}  // namespace stitch

@@ -1,0 +1,50 @@
+// A loaded model: config, float32 weights (converted from any stored dtype at load), tokenizer.
+#pragma once
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "engine/model_config.h"
+#include "engine/tokenizer/tokenizer.h"
+
+namespace stitch {
+
+struct LayerWeights {
+    std::vector<float> attn_norm;  // [d]
+    std::vector<float> wqkv;       // [q_dim + 2*kv_dim, d]: q, k, v projections stacked (one GEMM)
+    std::vector<float> bqkv;       // [q_dim + 2*kv_dim] or empty
+    std::vector<float> wo;         // [d, q_dim]
+    std::vector<float> bo;         // [d] or empty
+    std::vector<float> q_norm;     // [head_dim] (Qwen 3) or empty
+    std::vector<float> k_norm;     // [head_dim] or empty
+    std::vector<float> mlp_norm;   // [d]
+    std::vector<float> w_gate_up;  // [2*I, d]: gate rows then up rows (one GEMM)
+    std::vector<float> b_gate_up;  // [2*I] or empty
+    std::vector<float> w_down;     // [d, I]
+    std::vector<float> b_down;     // [d] or empty
+};
+
+struct Weights {
+    std::vector<float> embed;  // [vocab, d]
+    std::vector<LayerWeights> layers;
+    std::vector<float> final_norm;  // [d]
+    std::vector<float> lm_head;     // [vocab, d]; empty when tied (use embed)
+    const std::vector<float>& output() const { return lm_head.empty() ? embed : lm_head; }
+};
+
+struct Model {
+    std::string path;
+    ModelConfig config;
+    Weights weights;
+    Tokenizer tokenizer;
+    std::string weight_dtypes;  // summary of stored dtypes, for `inspect`
+    std::vector<std::vector<float>> inv_freq;  // per layer: RoPE inverse frequencies [head_dim/2]
+};
+
+// Loads an HF model folder (config.json, *.safetensors, tokenizer.json). Throws stitch::Error.
+Model load_model(const std::filesystem::path& path);
+
+// RoPE inverse frequencies for a config (HF's formula, including llama3/linear scaling).
+std::vector<float> rope_inv_freq(const ModelConfig& c);
+
+}  // namespace stitch

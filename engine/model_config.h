@@ -1,0 +1,57 @@
+// Everything that differs between model families, as data. One forward pass reads this;
+// models/ turns files (HF config.json, later GGUF metadata) into it.
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace stitch {
+
+enum class Family { Llama, Qwen2, Qwen3 };
+enum class Activation { SiLU };
+enum class RopeType { Default, Linear, Llama3 };
+
+struct RopeConfig {
+    double theta = 10000.0;
+    RopeType type = RopeType::Default;
+    double factor = 1.0;            // linear and llama3
+    double low_freq_factor = 1.0;   // llama3
+    double high_freq_factor = 4.0;  // llama3
+    int original_max_position = 8192;  // llama3
+};
+
+struct ModelConfig {
+    std::string model_type;  // as config.json spells it
+    Family family = Family::Llama;
+    int vocab_size = 0;
+    int hidden = 0;
+    int n_layers = 0;
+    int n_heads = 0;
+    int n_kv_heads = 0;
+    int head_dim = 0;
+    int intermediate = 0;
+    int max_position = 0;
+    float norm_eps = 1e-6f;
+    bool tied_embeddings = false;
+    bool qkv_bias = false;  // Qwen 2; Llama with attention_bias
+    bool o_bias = false;    // Llama with attention_bias
+    bool mlp_bias = false;  // Llama with mlp_bias
+    bool qk_norm = false;   // Qwen 3: RMSNorm over head_dim on q and k before RoPE
+    Activation act = Activation::SiLU;
+    RopeConfig rope;
+    std::vector<int> layer_window;  // per layer: 0 = full causal attention, W = sliding window of W keys
+    float attn_scale = 0;           // multiplies q·k (1/sqrt(head_dim) unless a family says otherwise)
+
+    // Generation facts (generation_config.json, else config.json).
+    std::vector<int32_t> eos_ids;
+    std::optional<int32_t> bos_id;
+    std::optional<int32_t> pad_id;
+
+    std::string family_name() const;
+    int q_dim() const { return n_heads * head_dim; }
+    int kv_dim() const { return n_kv_heads * head_dim; }
+    int64_t param_count() const;
+};
+
+}  // namespace stitch

@@ -1,0 +1,36 @@
+// CPU implementations of every op in the forward pass (float32). They are the reference
+// the CUDA kernels are compared against, and the test path on machines with no GPU.
+// Matrices are row-major; a "row" is one token.
+#pragma once
+#include <cstdint>
+
+namespace stitch::cpu {
+
+// y[n, out] = x[n, in] · W[out, in]^T (+ bias[out]). BLAS sgemm (sgemv when n == 1).
+void matmul_wt(float* y, const float* x, const float* W, const float* bias, int n, int out, int in);
+
+// y = x / sqrt(mean(x^2) + eps) * w, per row of length d (y may alias x).
+void rmsnorm(float* y, const float* x, const float* w, int n, int d, float eps);
+
+// In place on rows of `stride` floats: for each of n_heads heads of head_dim starting at
+// column `col0`, HF's half rotation: x[i], x[i+hd/2] rotated by pos·inv_freq[i].
+void rope(float* x, int n, int stride, int col0, int n_heads, int head_dim, const int32_t* pos,
+          const float* inv_freq);
+
+// out[n, I] = silu(gu[:, :I]) * gu[:, I:]  (gate and up computed by one fused GEMM).
+void silu_mul(float* out, const float* gate_up, int n, int I);
+
+// x += y, n*d elements.
+void add(float* x, const float* y, int64_t count);
+
+// Causal attention over per-sequence KV caches.
+//   q: [n, q_stride] with heads at columns [h*hd, (h+1)*hd);
+//   row_cache[i]: index of the sequence (cache) row i belongs to; row_pos[i]: its absolute position;
+//   k_base[c] / v_base[c]: cache c for this layer, rows [pos, kv_stride];
+//   window: 0 = all keys up to pos, W = keys in (pos - W, pos].
+//   out: [n, n_heads*hd].
+void attention(float* out, const float* q, int q_stride, const int32_t* row_cache, const int32_t* row_pos, int n,
+               const float* const* k_base, const float* const* v_base, int kv_stride, int n_heads, int n_kv_heads,
+               int head_dim, float scale, int window, float softcap);
+
+}  // namespace stitch::cpu

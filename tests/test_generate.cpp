@@ -1,0 +1,85 @@
+// Sampling against closed-form distributions, seeds, and chat formatting.
+#include <doctest/doctest.h>
+
+#include <cmath>
+
+#include "engine/generate.h"
+
+using namespace stitch;
+
+TEST_CASE("sampling: greedy takes the first maximum, as torch.argmax does") {
+    std::mt19937_64 rng(1);
+    std::vector<float> l = {0.1f, 2.0f, -1.0f, 2.0f};
+    CHECK(sample_token(l.data(), 4, {}, rng) == 1);
+    SamplingParams k1;
+    k1.temperature = 1.5f;
+    k1.top_k = 1;
+    for (int i = 0; i < 50; ++i) CHECK(sample_token(l.data(), 4, k1, rng) == 1);
+}
+
+TEST_CASE("sampling: frequencies follow softmax(logits / T), truncated by top-k and top-p") {
+    std::vector<float> l = {std::log(0.5f), std::log(0.3f), std::log(0.2f)};
+    auto freq = [&](SamplingParams p) {
+        std::mt19937_64 rng(p.seed);
+        std::vector<double> f(3, 0);
+        const int n = 200000;
+        for (int i = 0; i < n; ++i) f[size_t(sample_token(l.data(), 3, p, rng))] += 1.0 / n;
+        return f;
+    };
+    SamplingParams p;
+    p.temperature = 1.0f;
+    p.seed = 7;
+    auto f = freq(p);
+    CHECK(f[0] == doctest::Approx(0.5).epsilon(0.02));
+    CHECK(f[1] == doctest::Approx(0.3).epsilon(0.02));
+    CHECK(f[2] == doctest::Approx(0.2).epsilon(0.03));
+
+    p.temperature = 2.0f;  // p_i ∝ sqrt(q_i)
+    f = freq(p);
+    double z = std::sqrt(0.5) + std::sqrt(0.3) + std::sqrt(0.2);
+    CHECK(f[0] == doctest::Approx(std::sqrt(0.5) / z).epsilon(0.02));
+    CHECK(f[2] == doctest::Approx(std::sqrt(0.2) / z).epsilon(0.03));
+
+    p.temperature = 1.0f;
+    p.top_p = 0.6f;  // 0.5 < 0.6 ≤ 0.8: keep the first two, renormalised
+    f = freq(p);
+    CHECK(f[0] == doctest::Approx(0.625).epsilon(0.02));
+    CHECK(f[1] == doctest::Approx(0.375).epsilon(0.02));
+    CHECK(f[2] == 0.0);
+
+    p.top_p = 1.0f;
+    p.top_k = 2;
+    f = freq(p);
+    CHECK(f[0] == doctest::Approx(0.625).epsilon(0.02));
+    CHECK(f[2] == 0.0);
+}
+
+TEST_CASE("sampling: the same seed gives the same draws") {
+    std::vector<float> l(100);
+    for (int i = 0; i < 100; ++i) l[size_t(i)] = float(std::sin(i));
+    SamplingParams p;
+    p.temperature = 0.8f;
+    p.top_p = 0.9f;
+    p.seed = 42;
+    std::mt19937_64 a(p.seed), b(p.seed), c(p.seed + 1);
+    std::vector<int> da, db, dc;
+    for (int i = 0; i < 64; ++i) {
+        da.push_back(sample_token(l.data(), 100, p, a));
+        db.push_back(sample_token(l.data(), 100, p, b));
+        dc.push_back(sample_token(l.data(), 100, p, c));
+    }
+    CHECK(da == db);
+    CHECK(da != dc);
+}
+
+TEST_CASE("chat formats render one user turn as Llama 3 and ChatML templates do") {
+    CHECK(format_chat(ChatFormat::Llama3, "Hi") ==
+          "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+          "<|start_header_id|>assistant<|end_header_id|>\n\n");
+    CHECK(format_chat(ChatFormat::Llama3, "Hi", "Be brief.") ==
+          "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+          "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n");
+    CHECK(format_chat(ChatFormat::ChatML, "Hi") == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+    CHECK(format_chat(ChatFormat::ChatML, "Hi", "S") ==
+          "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+}
