@@ -9,9 +9,9 @@ NVCC     ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2
 BUILD    := build
 OPT      ?= -O3 -march=x86-64-v3
 CXXFLAGS := -std=c++20 $(OPT) -fopenmp -Wall -Wextra -Wno-unused-parameter -g1 \
-            -I. -I/usr/include/x86_64-linux-gnu/openblas-openmp -MMD -MP \
+            -I. -MMD -MP \
             -DSTITCH_SOURCE_DIR='"$(CURDIR)"'
-LDLIBS   := -L/usr/lib/x86_64-linux-gnu/openblas-openmp -lopenblas -lpcre2-8 -lutf8proc -lfmt -fopenmp
+LDLIBS   := -lpcre2-8 -lutf8proc -lfmt -ldl -fopenmp
 PYTHON   := tools/.venv/bin/python
 
 LIB_SRC  := $(wildcard engine/*.cpp engine/tokenizer/*.cpp models/*.cpp kernels/cpu/*.cpp mapping/*.cpp eval/*.cpp)

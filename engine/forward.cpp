@@ -44,19 +44,23 @@ std::vector<float> forward(const Model& m, RunState& st, std::span<const SeqInpu
     if (n == 0) return {};
     st.row_seq.resize(size_t(n));
     st.row_pos.resize(size_t(n));
-    st.row_cache.resize(size_t(n));
     st.token.resize(size_t(n));
     st.logit_src.clear();
+    st.seg_row0.resize(seqs.size());
+    st.seg_len.resize(seqs.size());
+    st.seg_pos0.resize(seqs.size());
     {
         int r = 0;
         for (size_t si = 0; si < seqs.size(); ++si) {
             const auto& s = seqs[si];
+            st.seg_row0[si] = r;
+            st.seg_len[si] = int32_t(s.tokens.size());
+            st.seg_pos0[si] = s.cache->length;
             for (size_t t = 0; t < s.tokens.size(); ++t, ++r) {
                 int32_t id = s.tokens[t];
                 if (id < 0 || id >= c.vocab_size) fail("", "token id {} is outside the vocabulary (0..{})", id, c.vocab_size - 1);
                 st.token[size_t(r)] = id;
                 st.row_seq[size_t(r)] = int32_t(si);
-                st.row_cache[size_t(r)] = int32_t(si);
                 st.row_pos[size_t(r)] = s.cache->length + int32_t(t);
                 if (opt.all_logits || t + 1 == s.tokens.size()) st.logit_src.push_back(r);
             }
@@ -111,8 +115,9 @@ std::vector<float> forward(const Model& m, RunState& st, std::span<const SeqInpu
             k_base[s] = seqs[s].cache->k_layer(L, kvd);
             v_base[s] = seqs[s].cache->v_layer(L, kvd);
         }
-        cpu::attention(st.attn.data(), st.qkv.data(), qkv_w, st.row_cache.data(), rp, n, k_base.data(), v_base.data(),
-                       kvd, c.n_heads, c.n_kv_heads, hd, c.attn_scale, c.layer_window[size_t(L)], 0.0f);
+        cpu::attention(st.attn.data(), st.qkv.data(), qkv_w, int(seqs.size()), st.seg_row0.data(), st.seg_len.data(),
+                       st.seg_pos0.data(), k_base.data(), v_base.data(), kvd, c.n_heads, c.n_kv_heads, hd,
+                       c.attn_scale, c.layer_window[size_t(L)], 0.0f);
         cpu::matmul_wt(st.proj.data(), st.attn.data(), lw.wo.data(), lw.bo.empty() ? nullptr : lw.bo.data(), n, d, qd);
         hook(Site::AttnOut, L, st.proj.data(), n, d, rs, rp);
         cpu::add(st.x.data(), st.proj.data(), int64_t(n) * d);

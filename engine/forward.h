@@ -61,7 +61,8 @@ struct ForwardOptions {
 // Scratch buffers reused across calls (resized on demand).
 struct RunState {
     std::vector<float> x, h, qkv, attn, proj, gate_up, mlp, logits_rows;
-    std::vector<int32_t> row_seq, row_pos, row_cache, token;
+    std::vector<int32_t> row_seq, row_pos, token;        // per packed row
+    std::vector<int32_t> seg_row0, seg_len, seg_pos0;     // per sequence: first row, new tokens, first position
     std::vector<int32_t> logit_src;  // packed row of each logits row
 };
 

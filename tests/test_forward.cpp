@@ -86,6 +86,10 @@ TEST_CASE("forward: hidden states and logits match HF transformers within 1e-4")
                     CHECK(test::rel_err(got, want) <= 1e-4);
                     if (L < n_layers) CHECK(rec.at(Site::ResidPre, L) == (L == 0 ? rec.at(Site::Embed, -1) : rec.at(Site::ResidPost, L - 1)));
                 }
+                // The last block's output before the final norm is not in HF's hidden_states; the
+                // fixture records it with a forward hook on model.layers[-1].
+                auto last = ref.file.to_f32(ref.file.get(fmt::format("prompt.{}.resid_post_last", i)));
+                CHECK(test::rel_err(rec.at(Site::ResidPost, n_layers - 1), last) <= 1e-4);
                 auto want_logits = ref.logits(i);
                 REQUIRE(logits.size() == T * size_t(V));
                 CHECK(test::rel_err(logits, want_logits) <= 1e-4);

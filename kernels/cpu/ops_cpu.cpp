@@ -1,6 +1,7 @@
 #include "kernels/cpu/ops_cpu.h"
 
-#include <cblas.h>
+#include "kernels/cpu/blas.h"
+
 #include <omp.h>
 
 #include <algorithm>
@@ -11,9 +12,9 @@ namespace stitch::cpu {
 
 void matmul_wt(float* y, const float* x, const float* W, const float* bias, int n, int out, int in) {
     if (n == 1) {
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, out, in, 1.0f, W, in, x, 1, 0.0f, y, 1);
+        blas::sgemv_n(out, in, W, in, x, y);
     } else {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in, 1.0f, x, in, W, in, 0.0f, y, out);
+        blas::sgemm_nt(n, out, in, x, in, W, in, y, out);
     }
     if (bias) {
 #pragma omp parallel for if (int64_t(n) * out > 65536)
@@ -79,54 +80,60 @@ void add(float* x, const float* y, int64_t count) {
     for (int64_t i = 0; i < count; ++i) x[i] += y[i];
 }
 
-void attention(float* out, const float* q, int q_stride, const int32_t* row_cache, const int32_t* row_pos, int n,
-               const float* const* k_base, const float* const* v_base, int kv_stride, int n_heads, int n_kv_heads,
-               int head_dim, float scale, int window, float softcap) {
+void attention(float* out, const float* q, int q_stride, int n_seqs, const int32_t* row0, const int32_t* len,
+               const int32_t* pos0, const float* const* k_base, const float* const* v_base, int kv_stride,
+               int n_heads, int n_kv_heads, int head_dim, float scale, int window, float softcap) {
+    constexpr int QB = 64;  // queries per task: one GEMM of QB x keys
     const int group = n_heads / n_kv_heads;
-    int max_pos = 0;
-    for (int i = 0; i < n; ++i) max_pos = std::max(max_pos, row_pos[i]);
-    const int64_t work = int64_t(n) * n_heads * (max_pos + 1) * head_dim;
-#pragma omp parallel if (work > (1 << 16))
+    const int out_stride = n_heads * head_dim;
+    struct Task {
+        int seq, head, q0, nq;
+    };
+    std::vector<Task> tasks;
+    int max_keys = 1;
+    int64_t work = 0;
+    for (int s = 0; s < n_seqs; ++s) {
+        max_keys = std::max(max_keys, pos0[s] + len[s]);
+        work += int64_t(len[s]) * (pos0[s] + len[s]);
+        for (int h = 0; h < n_heads; ++h)
+            for (int q0 = 0; q0 < len[s]; q0 += QB) tasks.push_back({s, h, q0, std::min(QB, len[s] - q0)});
+    }
+    work *= int64_t(n_heads) * head_dim;
+    // BLAS called inside the parallel region runs single-threaded (OpenBLAS checks omp_in_parallel).
+#pragma omp parallel if (work > (1 << 17))
     {
-        std::vector<float> scores(static_cast<size_t>(max_pos) + 1);
-        std::vector<float> acc(static_cast<size_t>(head_dim));
-#pragma omp for collapse(2) schedule(dynamic, 4)
-        for (int i = 0; i < n; ++i) {
-            for (int h = 0; h < n_heads; ++h) {
-                const int p = row_pos[i];
-                const int first = window > 0 ? std::max(0, p - window + 1) : 0;
-                const float* qh = q + int64_t(i) * q_stride + h * head_dim;
-                const int kvh = h / group;
-                const float* K = k_base[row_cache[i]] + kvh * head_dim;
-                const float* V = v_base[row_cache[i]] + kvh * head_dim;
+        std::vector<float> S(static_cast<size_t>(QB) * size_t(max_keys));
+#pragma omp for schedule(dynamic, 1)
+        for (size_t t = 0; t < tasks.size(); ++t) {
+            const Task& tk = tasks[t];
+            const int kvh = tk.head / group;
+            const int p_first = pos0[tk.seq] + tk.q0;         // position of the block's first query
+            const int p_last = p_first + tk.nq - 1;
+            const int k_lo = window > 0 ? std::max(0, p_first - window + 1) : 0;
+            const int nk = p_last + 1 - k_lo;
+            const float* Q = q + int64_t(row0[tk.seq] + tk.q0) * q_stride + tk.head * head_dim;
+            const float* K = k_base[tk.seq] + int64_t(k_lo) * kv_stride + kvh * head_dim;
+            const float* V = v_base[tk.seq] + int64_t(k_lo) * kv_stride + kvh * head_dim;
+            float* O = out + int64_t(row0[tk.seq] + tk.q0) * out_stride + tk.head * head_dim;
+            blas::sgemm_nt(tk.nq, nk, head_dim, Q, q_stride, K, kv_stride, S.data(), nk);
+            for (int i = 0; i < tk.nq; ++i) {
+                const int p = p_first + i;
+                const int lo = (window > 0 ? std::max(0, p - window + 1) : 0) - k_lo;  // visible keys [lo, hi]
+                const int hi = p - k_lo;
+                float* row = S.data() + size_t(i) * size_t(nk);
                 float mx = -INFINITY;
-                for (int j = first; j <= p; ++j) {
-                    const float* kj = K + int64_t(j) * kv_stride;
-                    float s = 0;
-#pragma omp simd reduction(+ : s)
-                    for (int d = 0; d < head_dim; ++d) s += qh[d] * kj[d];
-                    s *= scale;
-                    if (softcap > 0) s = softcap * std::tanh(s / softcap);
-                    scores[size_t(j)] = s;
-                    mx = std::max(mx, s);
+                for (int j = lo; j <= hi; ++j) {
+                    float v = row[j] * scale;
+                    if (softcap > 0) v = softcap * std::tanh(v / softcap);
+                    row[j] = v;
+                    mx = std::max(mx, v);
                 }
                 float sum = 0;
-                for (int j = first; j <= p; ++j) {
-                    float e = std::exp(scores[size_t(j)] - mx);
-                    scores[size_t(j)] = e;
-                    sum += e;
-                }
-                std::fill(acc.begin(), acc.end(), 0.0f);
-                for (int j = first; j <= p; ++j) {
-                    const float w = scores[size_t(j)];
-                    const float* vj = V + int64_t(j) * kv_stride;
-#pragma omp simd
-                    for (int d = 0; d < head_dim; ++d) acc[size_t(d)] += w * vj[d];
-                }
-                float* o = out + int64_t(i) * n_heads * head_dim + h * head_dim;
+                for (int j = lo; j <= hi; ++j) sum += row[j] = std::exp(row[j] - mx);
                 const float inv = 1.0f / sum;
-                for (int d = 0; d < head_dim; ++d) o[d] = acc[size_t(d)] * inv;
+                for (int j = 0; j < nk; ++j) row[j] = (j >= lo && j <= hi) ? row[j] * inv : 0.0f;
             }
+            blas::sgemm_nn(tk.nq, head_dim, nk, S.data(), nk, V, kv_stride, O, out_stride);
         }
     }
 }

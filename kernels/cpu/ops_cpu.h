@@ -23,14 +23,16 @@ void silu_mul(float* out, const float* gate_up, int n, int I);
 // x += y, n*d elements.
 void add(float* x, const float* y, int64_t count);
 
-// Causal attention over per-sequence KV caches.
-//   q: [n, q_stride] with heads at columns [h*hd, (h+1)*hd);
-//   row_cache[i]: index of the sequence (cache) row i belongs to; row_pos[i]: its absolute position;
-//   k_base[c] / v_base[c]: cache c for this layer, rows [pos, kv_stride];
-//   window: 0 = all keys up to pos, W = keys in (pos - W, pos].
-//   out: [n, n_heads*hd].
-void attention(float* out, const float* q, int q_stride, const int32_t* row_cache, const int32_t* row_pos, int n,
-               const float* const* k_base, const float* const* v_base, int kv_stride, int n_heads, int n_kv_heads,
-               int head_dim, float scale, int window, float softcap);
+// Causal attention over per-sequence KV caches, for n_seqs sequences whose new rows are
+// contiguous in q/out: sequence s owns rows [row0[s], row0[s] + len[s]) at absolute positions
+// pos0[s], pos0[s] + 1, …; its keys/values for this layer are k_base[s] / v_base[s], rows
+// [0, pos0[s] + len[s]) of kv_stride floats (kv head g at columns [g*hd, (g+1)*hd)).
+//   q: [rows, q_stride], head h at columns [h*hd, (h+1)*hd); out: [rows, n_heads*hd].
+//   window: 0 = every key up to the query's position; W = keys in (pos - W, pos].
+//   softcap: 0 = off; else scores become softcap·tanh(score/softcap) before the softmax.
+// Scores for a block of queries are one small GEMM (Q·Kᵀ), then masked softmax, then P·V.
+void attention(float* out, const float* q, int q_stride, int n_seqs, const int32_t* row0, const int32_t* len,
+               const int32_t* pos0, const float* const* k_base, const float* const* v_base, int kv_stride,
+               int n_heads, int n_kv_heads, int head_dim, float scale, int window, float softcap);
 
 }  // namespace stitch::cpu
