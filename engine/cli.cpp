@@ -18,6 +18,7 @@
 #include "engine/progress.h"
 #include "engine/prompts.h"
 #include "engine/version.h"
+#include "kernels/cpu/blas.h"
 
 namespace stitch {
 namespace {
@@ -323,9 +324,11 @@ int cmd_bench(int argc, char** argv) {
               {"peak_rss_mb", peak_rss_mb()},
               {"compute_dtype", "F32"},
               {"device", "cpu"},
+              {"blas", blas::describe()},
               {"stitch_version", STITCH_VERSION}};
     fmt::print("model            {}\n", m.path);
-    fmt::print("parameters       {:.1f}M, threads {}\n", double(c.param_count()) / 1e6, omp_get_max_threads());
+    fmt::print("parameters       {:.1f}M, threads {}, {}\n", double(c.param_count()) / 1e6, omp_get_max_threads(),
+               blas::describe());
     fmt::print("prefill          {:.1f} tok/s ({} tokens, best of {})\n", prefill_tps, prompt_len, reps);
     fmt::print("decode (batch 1) {:.1f} tok/s ({} tokens), {:.1f} GB/s of F32 weights\n", decode_tps, n_decode,
                weight_bytes * decode_tps / 1e9);
