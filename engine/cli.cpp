@@ -86,8 +86,10 @@ const std::map<std::string, std::string> kHelp = {
      "  --top-k K                keep the K most likely tokens (default 0 = off)\n"
      "  --top-p P                nucleus sampling mass (default 1 = off)\n"
      "  --seed S                 sampling seed (default 0)\n"
-     "  --chat [auto|llama3|chatml|none]  wrap each prompt as one user turn (auto: from the tokenizer)\n"
-     "  --system TEXT            system message for --chat\n"
+     "  --chat[=auto|llama3|chatml]  wrap each prompt as one user turn of the model's chat format\n"
+     "                           (auto, the default: Llama 3 or ChatML, told from the tokenizer)\n"
+     "  --system TEXT            system message for --chat (default: the one the model's own chat\n"
+     "                           template inserts, e.g. Qwen 2.5's; none for Llama 3)\n"
      "  --batch B                prompts run together (default 8)\n"
      "  --no-eos                 do not stop at the model's EOS tokens\n"
      "  -o, --output FILE        write JSONL results here (default: stdout)\n"
@@ -187,8 +189,8 @@ int cmd_tokenize(int argc, char** argv) {
 int cmd_generate(int argc, char** argv) {
     Args a = Args::parse(argc, argv, 2,
                          {"--prompt", "--prompts", "-n", "--max-new-tokens", "--temp", "--top-k", "--top-p", "--seed",
-                          "--chat", "--system", "--batch", "-o", "--output", "--threads"},
-                         {"--no-eos"});
+                          "--system", "--batch", "-o", "--output", "--threads"},
+                         {"--no-eos", "--chat"});
     if (a.positional.size() != 1) fail("generate", "expects one MODEL argument");
     if (a.has("--prompt") == a.has("--prompts")) fail("generate", "give exactly one of --prompt TEXT or --prompts FILE.jsonl");
     set_threads(a);
@@ -214,12 +216,13 @@ int cmd_generate(int argc, char** argv) {
         chat_default = true;
         chat_fmt = parse_chat_format(a.get_or("--chat", "auto"));
     }
-    const std::string system = a.get_or("--system", "");
     std::vector<std::vector<int32_t>> ids;
     for (const auto& r : recs) {
         bool use_chat = r.chat.value_or(chat_default);
         ChatFormat f = ChatFormat::None;
         if (use_chat) f = chat_fmt && *chat_fmt != ChatFormat::None ? *chat_fmt : detect_chat_format(m.tokenizer);
+        // Like the model's own template: its default system message unless --system is given.
+        const std::string system = a.has("--system") ? a.get_or("--system", "") : default_system_prompt(m.path, f);
         ids.push_back(encode_prompt(m, r.prompt, f, system));
         if (int(ids.back().size()) + go.max_new_tokens > m.config.max_position)
             fail(a.get_or("--prompts", "--prompt"), "prompt {} needs {} positions; the model allows {}", r.id,

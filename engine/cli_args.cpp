@@ -26,8 +26,9 @@ Args Args::parse(int argc, char** argv, int first, const std::set<std::string>& 
                     val = argv[++i];
                 }
                 a.values[key].push_back(val);
-            } else if (flag_opts.count(key) && !has_eq) {
-                a.flags.insert(key);
+            } else if (flag_opts.count(key)) {
+                a.flags.insert(key);  // a flag may carry a value as --flag=value (e.g. --chat=llama3)
+                if (has_eq) a.values[key].push_back(val);
             } else {
                 fail(key, "unknown option (see `stitch help`)");
             }

@@ -14,7 +14,7 @@ struct Args {
     std::map<std::string, std::vector<std::string>> values;  // option → every value given
     std::set<std::string> flags;
 
-    // value_opts take one value (also as --opt=value); flag_opts take none. Aliases like "-n"
+    // value_opts take one value (also as --opt=value); flag_opts take none, or one as --opt=value. Aliases like "-n"
     // are listed as options of their own. Throws stitch::Error on unknown/malformed options.
     static Args parse(int argc, char** argv, int first, const std::set<std::string>& value_opts,
                       const std::set<std::string>& flag_opts);

@@ -3,7 +3,10 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include <numeric>
+#include <regex>
 
 #include "engine/error.h"
 
@@ -134,6 +137,35 @@ std::string format_chat(ChatFormat f, const std::string& user, const std::string
         }
     }
     return user;
+}
+
+std::string default_system_prompt(const std::filesystem::path& dir, ChatFormat f) {
+    if (f != ChatFormat::ChatML) return "";
+    std::string tmpl;
+    if (std::ifstream in(dir / "chat_template.jinja"); in) {
+        tmpl.assign(std::istreambuf_iterator<char>(in), {});
+    } else if (std::ifstream cfg(dir / "tokenizer_config.json"); cfg) {
+        try {
+            auto j = nlohmann::json::parse(cfg);
+            if (j.contains("chat_template") && j["chat_template"].is_string()) tmpl = j["chat_template"];
+        } catch (const nlohmann::json::exception&) {
+            return "";  // the tokenizer loader reports a broken config itself
+        }
+    }
+    // A literal system turn inside one template string: '<|im_start|>system\n…<|im_end|>'.
+    static const std::regex re(R"(<\|im_start\|>system\\n([^'"{}]+?)<\|im_end\|>)");
+    std::smatch m;
+    if (!std::regex_search(tmpl, m, re)) return "";
+    std::string s = m[1].str(), out;
+    for (size_t i = 0; i < s.size(); ++i) {
+        if (s[i] == '\\' && i + 1 < s.size() && s[i + 1] == 'n') {
+            out += '\n';
+            ++i;
+        } else {
+            out += s[i];
+        }
+    }
+    return out;
 }
 
 std::vector<int32_t> encode_prompt(const Model& m, const std::string& text, ChatFormat chat, const std::string& system) {

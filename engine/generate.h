@@ -2,6 +2,7 @@
 // chat formatting.
 #pragma once
 #include <cstdint>
+#include <filesystem>
 #include <functional>
 #include <optional>
 #include <random>
@@ -50,6 +51,11 @@ std::optional<ChatFormat> parse_chat_format(const std::string& s);  // "llama3",
 ChatFormat detect_chat_format(const Tokenizer& t);
 // The prompt as the chat template renders one user turn plus the assistant header.
 std::string format_chat(ChatFormat f, const std::string& user, const std::string& system = "");
+
+// The system message a model's own chat template inserts when none is given (Qwen 2.5's
+// "You are Qwen, created by Alibaba Cloud. …"), read from chat_template.jinja or the
+// "chat_template" of tokenizer_config.json in the model folder; "" when there is none.
+std::string default_system_prompt(const std::filesystem::path& model_dir, ChatFormat f);
 
 // Tokenizes a prompt the way the model expects: with the tokenizer's special tokens
 // (BOS) for plain text; chat-formatted text already carries them.

@@ -83,3 +83,17 @@ TEST_CASE("chat formats render one user turn as Llama 3 and ChatML templates do"
     CHECK(format_chat(ChatFormat::ChatML, "Hi", "S") ==
           "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
 }
+
+#include "test_util.h"
+
+TEST_CASE("chat: the model's own default system message is read from its template") {
+    test::TempDir dir;
+    // The opening of Qwen 2.5's chat template, as tokenizer_config.json stores it.
+    const char* cfg = R"({"chat_template": "{%- if tools %}\n    {{- '<|im_start|>system\\n' }}\n{%- else %}\n    {%- if messages[0]['role'] == 'system' %}\n        {{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}\n    {%- else %}\n        {{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}\n    {%- endif %}\n{%- endif %}"})";
+    test::write_bytes(dir / "tokenizer_config.json", cfg);
+    CHECK(default_system_prompt(dir.path, ChatFormat::ChatML) ==
+          "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.");
+    CHECK(default_system_prompt(dir.path, ChatFormat::Llama3) == "");
+    test::write_bytes(dir / "tokenizer_config.json", R"({"chat_template": "{{ '<|im_start|>' + m['role'] }}"})");
+    CHECK(default_system_prompt(dir.path, ChatFormat::ChatML) == "");
+}
