@@ -67,7 +67,7 @@ $(BUILD)/tokenizers/%/tokenizer.json: tests/fixtures/tokenizers/%/tokenizer.json
 
 test: deps
 	$(MAKE) $(BUILD)/stitch $(BUILD)/stitch_tests tokenizers
-	$(BUILD)/stitch_tests
+	tools/run_tests.sh $(BUILD)/stitch_tests
 
 venv: $(PYTHON)
 $(PYTHON): tools/requirements.txt

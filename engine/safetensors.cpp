@@ -1,5 +1,7 @@
 #include "engine/safetensors.h"
 
+#include <fmt/ranges.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
@@ -12,9 +14,7 @@ namespace stitch {
 using json = nlohmann::json;
 
 std::string TensorInfo::shape_str() const {
-    std::string s = "[";
-    for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-    return s + "]";
+    return fmt::format("[{}]", fmt::join(shape, ", "));
 }
 
 bool convert_to_f32(DType t, const void* src, float* dst, size_t n) {

@@ -2,6 +2,7 @@
 // and on synthetic pipelines (tests/fixtures/tokenizers/synth). References come from
 // tools/make_tokenizer_fixtures.py; the tokenizer files live under build/tokenizers/ (`make tokenizers`).
 #include <doctest/doctest.h>
+#include <fmt/ranges.h>
 
 #include <chrono>
 #include <filesystem>
@@ -118,9 +119,7 @@ const Tokenizer& cached(const std::string& name) {
 }
 
 std::string show(const std::vector<int32_t>& v) {
-    std::string s = "[";
-    for (size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + std::to_string(v[i]);
-    return s + "]";
+    return fmt::format("[{}]", fmt::join(v, ","));
 }
 
 // Every corpus item against the HF reference file <name>.ids.jsonl.
