@@ -3,7 +3,7 @@
 #include <cstring>
 
 #include "engine/error.h"
-#include "kernels/cpu/ops_cpu.h"
+#include "engine/ops.h"
 
 namespace stitch {
 
@@ -74,16 +74,17 @@ std::vector<float> forward(const Model& m, RunState& st, std::span<const SeqInpu
     st.gate_up.resize(size_t(n) * 2 * I);
     st.mlp.resize(size_t(n) * I);
 
+    const Ops& ops = cpu_ops();
     const Hooks* hooks = opt.hooks && opt.hooks->site_mask ? opt.hooks : nullptr;
     auto hook = [&](Site s, int layer, float* data, int rows, int cols, const int32_t* seq, const int32_t* pos) {
         if (hooks && hooks->wants(s)) hooks->on_site(SiteView{s, layer, data, rows, cols, seq, pos});
     };
     const int32_t* rs = st.row_seq.data();
     const int32_t* rp = st.row_pos.data();
+    const int ns = int(seqs.size());
+    auto bias = [](const std::vector<float>& b) { return b.empty() ? nullptr : b.data(); };
 
-    // embed
-    for (int r = 0; r < n; ++r)
-        std::memcpy(&st.x[size_t(r) * d], &w.embed[size_t(st.token[size_t(r)]) * d], sizeof(float) * size_t(d));
+    ops.embed(st.x.data(), w.embed.data(), st.token.data(), n, d);
     hook(Site::Embed, -1, st.x.data(), n, d, rs, rp);
 
     std::vector<const float*> k_base(seqs.size()), v_base(seqs.size());
@@ -92,70 +93,62 @@ std::vector<float> forward(const Model& m, RunState& st, std::span<const SeqInpu
         hook(Site::ResidPre, L, st.x.data(), n, d, rs, rp);
 
         // attention: norm → fused qkv GEMM → (q/k norm) → RoPE → cache append → attend → o_proj
-        cpu::rmsnorm(st.h.data(), st.x.data(), lw.attn_norm.data(), n, d, c.norm_eps);
-        cpu::matmul_wt(st.qkv.data(), st.h.data(), lw.wqkv.data(), lw.bqkv.empty() ? nullptr : lw.bqkv.data(), n,
-                       qkv_w, d);
+        ops.rmsnorm(st.h.data(), st.x.data(), lw.attn_norm.data(), n, d, c.norm_eps);
+        ops.matmul_wt(st.qkv.data(), st.h.data(), lw.wqkv.data(), bias(lw.bqkv), n, qkv_w, d);
         if (c.qk_norm) {
-            for (int r = 0; r < n; ++r) {
-                float* row = &st.qkv[size_t(r) * qkv_w];
-                cpu::rmsnorm(row, row, lw.q_norm.data(), c.n_heads, hd, c.norm_eps);
-                cpu::rmsnorm(row + qd, row + qd, lw.k_norm.data(), c.n_kv_heads, hd, c.norm_eps);
-            }
+            ops.head_rmsnorm(st.qkv.data(), n, qkv_w, 0, c.n_heads, hd, lw.q_norm.data(), c.norm_eps);
+            ops.head_rmsnorm(st.qkv.data(), n, qkv_w, qd, c.n_kv_heads, hd, lw.k_norm.data(), c.norm_eps);
         }
         const float* inv_freq = m.inv_freq[size_t(L)].data();
-        cpu::rope(st.qkv.data(), n, qkv_w, 0, c.n_heads, hd, rp, inv_freq);
-        cpu::rope(st.qkv.data(), n, qkv_w, qd, c.n_kv_heads, hd, rp, inv_freq);
-        for (int r = 0; r < n; ++r) {
-            KVCache* kc = seqs[size_t(rs[r])].cache;
-            const float* row = &st.qkv[size_t(r) * qkv_w];
-            std::memcpy(kc->k_layer(L, kvd) + int64_t(rp[r]) * kvd, row + qd, sizeof(float) * size_t(kvd));
-            std::memcpy(kc->v_layer(L, kvd) + int64_t(rp[r]) * kvd, row + qd + kvd, sizeof(float) * size_t(kvd));
+        ops.rope(st.qkv.data(), n, qkv_w, 0, c.n_heads, hd, rp, inv_freq);
+        ops.rope(st.qkv.data(), n, qkv_w, qd, c.n_kv_heads, hd, rp, inv_freq);
+        for (int s = 0; s < ns; ++s) {
+            KVCache* kc = seqs[size_t(s)].cache;
+            const float* rows = st.qkv.data() + int64_t(st.seg_row0[size_t(s)]) * qkv_w;
+            float* k_dst = kc->k_layer(L, kvd) + int64_t(st.seg_pos0[size_t(s)]) * kvd;
+            float* v_dst = kc->v_layer(L, kvd) + int64_t(st.seg_pos0[size_t(s)]) * kvd;
+            ops.copy2d(k_dst, kvd, rows + qd, qkv_w, st.seg_len[size_t(s)], kvd);
+            ops.copy2d(v_dst, kvd, rows + qd + kvd, qkv_w, st.seg_len[size_t(s)], kvd);
+            k_base[size_t(s)] = kc->k_layer(L, kvd);
+            v_base[size_t(s)] = kc->v_layer(L, kvd);
         }
-        for (size_t s = 0; s < seqs.size(); ++s) {
-            k_base[s] = seqs[s].cache->k_layer(L, kvd);
-            v_base[s] = seqs[s].cache->v_layer(L, kvd);
-        }
-        cpu::attention(st.attn.data(), st.qkv.data(), qkv_w, int(seqs.size()), st.seg_row0.data(), st.seg_len.data(),
-                       st.seg_pos0.data(), k_base.data(), v_base.data(), kvd, c.n_heads, c.n_kv_heads, hd,
-                       c.attn_scale, c.layer_window[size_t(L)], 0.0f);
-        cpu::matmul_wt(st.proj.data(), st.attn.data(), lw.wo.data(), lw.bo.empty() ? nullptr : lw.bo.data(), n, d, qd);
+        ops.attention(st.attn.data(), st.qkv.data(), qkv_w, ns, st.seg_row0.data(), st.seg_len.data(),
+                      st.seg_pos0.data(), k_base.data(), v_base.data(), kvd, c.n_heads, c.n_kv_heads, hd, c.attn_scale,
+                      c.layer_window[size_t(L)], 0.0f);
+        ops.matmul_wt(st.proj.data(), st.attn.data(), lw.wo.data(), bias(lw.bo), n, d, qd);
         hook(Site::AttnOut, L, st.proj.data(), n, d, rs, rp);
-        cpu::add(st.x.data(), st.proj.data(), int64_t(n) * d);
+        ops.add(st.x.data(), st.proj.data(), int64_t(n) * d);
         hook(Site::ResidMid, L, st.x.data(), n, d, rs, rp);
 
         // MLP: norm → fused gate/up GEMM → silu(gate)·up → down
-        cpu::rmsnorm(st.h.data(), st.x.data(), lw.mlp_norm.data(), n, d, c.norm_eps);
-        cpu::matmul_wt(st.gate_up.data(), st.h.data(), lw.w_gate_up.data(),
-                       lw.b_gate_up.empty() ? nullptr : lw.b_gate_up.data(), n, 2 * I, d);
-        cpu::silu_mul(st.mlp.data(), st.gate_up.data(), n, I);
-        cpu::matmul_wt(st.proj.data(), st.mlp.data(), lw.w_down.data(), lw.b_down.empty() ? nullptr : lw.b_down.data(),
-                       n, d, I);
+        ops.rmsnorm(st.h.data(), st.x.data(), lw.mlp_norm.data(), n, d, c.norm_eps);
+        ops.matmul_wt(st.gate_up.data(), st.h.data(), lw.w_gate_up.data(), bias(lw.b_gate_up), n, 2 * I, d);
+        ops.silu_mul(st.mlp.data(), st.gate_up.data(), n, I);
+        ops.matmul_wt(st.proj.data(), st.mlp.data(), lw.w_down.data(), bias(lw.b_down), n, d, I);
         hook(Site::MlpOut, L, st.proj.data(), n, d, rs, rp);
-        cpu::add(st.x.data(), st.proj.data(), int64_t(n) * d);
+        ops.add(st.x.data(), st.proj.data(), int64_t(n) * d);
         hook(Site::ResidPost, L, st.x.data(), n, d, rs, rp);
     }
     for (const auto& s : seqs) s.cache->length += int(s.tokens.size());
 
-    // final norm, then logits for the requested rows only
+    // final norm (every row only when a hook wants it), then logits for the requested rows
     const int nl = int(st.logit_src.size());
     std::vector<int32_t> lseq(static_cast<size_t>(nl)), lpos(static_cast<size_t>(nl));
     for (int i = 0; i < nl; ++i) {
         lseq[size_t(i)] = rs[st.logit_src[size_t(i)]];
         lpos[size_t(i)] = rp[st.logit_src[size_t(i)]];
     }
-    const bool want_all_norm = hooks && hooks->wants(Site::FinalNorm);
-    if (want_all_norm) {
-        cpu::rmsnorm(st.h.data(), st.x.data(), w.final_norm.data(), n, d, c.norm_eps);
+    if (hooks && hooks->wants(Site::FinalNorm)) {
+        ops.rmsnorm(st.h.data(), st.x.data(), w.final_norm.data(), n, d, c.norm_eps);
         hook(Site::FinalNorm, -1, st.h.data(), n, d, rs, rp);
-        for (int i = 0; i < nl; ++i)
-            std::memmove(&st.h[size_t(i) * d], &st.h[size_t(st.logit_src[size_t(i)]) * d], sizeof(float) * size_t(d));
+        // logit_src is increasing and logit_src[i] >= i, so moving rows forward in order is safe
+        for (int i = 0; i < nl; ++i) ops.copy2d(&st.h[size_t(i) * d], d, &st.h[size_t(st.logit_src[size_t(i)]) * d], d, 1, d);
     } else {
-        for (int i = 0; i < nl; ++i)
-            cpu::rmsnorm(&st.h[size_t(i) * d], &st.x[size_t(st.logit_src[size_t(i)]) * d], w.final_norm.data(), 1, d,
-                         c.norm_eps);
+        for (int i = 0; i < nl; ++i) ops.copy2d(&st.h[size_t(i) * d], d, &st.x[size_t(st.logit_src[size_t(i)]) * d], d, 1, d);
+        ops.rmsnorm(st.h.data(), st.h.data(), w.final_norm.data(), nl, d, c.norm_eps);
     }
     std::vector<float> logits(size_t(nl) * size_t(c.vocab_size));
-    cpu::matmul_wt(logits.data(), st.h.data(), w.output().data(), nullptr, nl, c.vocab_size, d);
+    ops.matmul_wt(logits.data(), st.h.data(), w.output().data(), nullptr, nl, c.vocab_size, d);
     hook(Site::Logits, -1, logits.data(), nl, c.vocab_size, lseq.data(), lpos.data());
     return logits;
 }

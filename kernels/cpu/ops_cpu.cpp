@@ -1,10 +1,12 @@
 #include "kernels/cpu/ops_cpu.h"
 
+#include "engine/ops.h"
 #include "kernels/cpu/blas.h"
 
 #include <omp.h>
 
 #include <algorithm>
+#include <cstring>
 #include <cmath>
 #include <vector>
 
@@ -80,6 +82,23 @@ void add(float* x, const float* y, int64_t count) {
     for (int64_t i = 0; i < count; ++i) x[i] += y[i];
 }
 
+void embed(float* x, const float* table, const int32_t* tokens, int n, int d) {
+    for (int i = 0; i < n; ++i) std::memcpy(x + int64_t(i) * d, table + int64_t(tokens[i]) * d, sizeof(float) * size_t(d));
+}
+
+void head_rmsnorm(float* x, int n, int stride, int col0, int n_heads, int head_dim, const float* w, float eps) {
+#pragma omp parallel for if (int64_t(n) * n_heads * head_dim > 32768)
+    for (int i = 0; i < n; ++i) {
+        float* row = x + int64_t(i) * stride + col0;
+        for (int h = 0; h < n_heads; ++h) rmsnorm(row + h * head_dim, row + h * head_dim, w, 1, head_dim, eps);
+    }
+}
+
+void copy2d(float* dst, int dst_ld, const float* src, int src_ld, int rows, int cols) {
+    for (int i = 0; i < rows; ++i)
+        std::memmove(dst + int64_t(i) * dst_ld, src + int64_t(i) * src_ld, sizeof(float) * size_t(cols));
+}
+
 void attention(float* out, const float* q, int q_stride, int n_seqs, const int32_t* row0, const int32_t* len,
                const int32_t* pos0, const float* const* k_base, const float* const* v_base, int kv_stride,
                int n_heads, int n_kv_heads, int head_dim, float scale, int window, float softcap) {
@@ -139,3 +158,13 @@ void attention(float* out, const float* q, int q_stride, int n_seqs, const int32
 }
 
 }  // namespace stitch::cpu
+
+namespace stitch {
+
+const Ops& cpu_ops() {
+    static const Ops ops{Device::CPU,      "cpu",         cpu::embed,    cpu::matmul_wt, cpu::rmsnorm, cpu::head_rmsnorm,
+                         cpu::rope,        cpu::silu_mul, cpu::add,      cpu::copy2d,    cpu::attention};
+    return ops;
+}
+
+}  // namespace stitch

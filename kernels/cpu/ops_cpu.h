@@ -23,6 +23,15 @@ void silu_mul(float* out, const float* gate_up, int n, int I);
 // x += y, n*d elements.
 void add(float* x, const float* y, int64_t count);
 
+// x[i] = table[tokens[i]].
+void embed(float* x, const float* table, const int32_t* tokens, int n, int d);
+
+// RMSNorm over head slices in place (see engine/ops.h).
+void head_rmsnorm(float* x, int n, int stride, int col0, int n_heads, int head_dim, const float* w, float eps);
+
+// Strided row copy.
+void copy2d(float* dst, int dst_ld, const float* src, int src_ld, int rows, int cols);
+
 // Causal attention over per-sequence KV caches, for n_seqs sequences whose new rows are
 // contiguous in q/out: sequence s owns rows [row0[s], row0[s] + len[s]) at absolute positions
 // pos0[s], pos0[s] + 1, …; its keys/values for this layer are k_base[s] / v_base[s], rows
