@@ -6,11 +6,34 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <bit>
 #include <cstring>
 #include <cmath>
 #include <vector>
 
 namespace stitch::cpu {
+
+namespace {
+
+// exp(x) for float32, branch-free so that loops over it vectorise (libm's expf does not):
+// 2^n · p(r) with x = n·ln2 + r, |r| ≤ ln2/2, p a degree-6 polynomial. Relative error
+// ≤ 2e-7 over [-87, 88]; below that it returns 0 as expf underflows.
+[[gnu::always_inline]] inline float exp_f32(float x) {
+    x = x < -87.3365447505531f ? -87.3365447505531f : x;
+    x = x > 88.3762626647949f ? 88.3762626647949f : x;
+    // round to nearest by the 1.5·2^23 trick (vectorises, unlike nearbyint)
+    const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+    float p = 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    return std::bit_cast<float>(std::bit_cast<int32_t>(p) + (int32_t(n) << 23));
+}
+
+}  // namespace
 
 void matmul_wt(float* y, const float* x, const float* W, const float* bias, int n, int out, int in) {
     if (n == 1) {
@@ -73,7 +96,8 @@ void silu_mul(float* out, const float* gate_up, int n, int I) {
         const float* g = gate_up + int64_t(i) * 2 * I;
         const float* u = g + I;
         float* o = out + int64_t(i) * I;
-        for (int j = 0; j < I; ++j) o[j] = g[j] / (1.0f + std::exp(-g[j])) * u[j];
+#pragma omp simd
+        for (int j = 0; j < I; ++j) o[j] = g[j] / (1.0f + exp_f32(-g[j])) * u[j];
     }
 }
 
@@ -141,6 +165,7 @@ void attention(float* out, const float* q, int q_stride, int n_seqs, const int32
                 const int hi = p - k_lo;
                 float* row = S.data() + size_t(i) * size_t(nk);
                 float mx = -INFINITY;
+#pragma omp simd reduction(max : mx)
                 for (int j = lo; j <= hi; ++j) {
                     float v = row[j] * scale;
                     if (softcap > 0) v = softcap * std::tanh(v / softcap);
@@ -148,9 +173,13 @@ void attention(float* out, const float* q, int q_stride, int n_seqs, const int32
                     mx = std::max(mx, v);
                 }
                 float sum = 0;
-                for (int j = lo; j <= hi; ++j) sum += row[j] = std::exp(row[j] - mx);
+#pragma omp simd reduction(+ : sum)
+                for (int j = lo; j <= hi; ++j) sum += row[j] = exp_f32(row[j] - mx);
                 const float inv = 1.0f / sum;
-                for (int j = 0; j < nk; ++j) row[j] = (j >= lo && j <= hi) ? row[j] * inv : 0.0f;
+                std::fill(row, row + lo, 0.0f);
+#pragma omp simd
+                for (int j = lo; j <= hi; ++j) row[j] *= inv;
+                std::fill(row + hi + 1, row + nk, 0.0f);
             }
             blas::sgemm_nn(tk.nq, head_dim, nk, S.data(), nk, V, kv_stride, O, out_stride);
         }
