@@ -17,7 +17,10 @@ struct LayerWeights {
     std::vector<float> bo;         // [d] or empty
     std::vector<float> q_norm;     // [head_dim] (Qwen 3) or empty
     std::vector<float> k_norm;     // [head_dim] or empty
-    std::vector<float> mlp_norm;   // [d]
+    std::vector<float> post_attn_norm;  // [d] Gemma 2/3 post_attention_layernorm (on attn output) or empty
+    std::vector<float> mlp_norm;   // [d] norm before the MLP (Llama's post_attention_layernorm,
+                                   //     Gemma 2/3's pre_feedforward_layernorm)
+    std::vector<float> post_mlp_norm;   // [d] Gemma 2/3 post_feedforward_layernorm or empty
     std::vector<float> w_gate_up;  // [2*I, d]: gate rows then up rows (one GEMM)
     std::vector<float> b_gate_up;  // [2*I] or empty
     std::vector<float> w_down;     // [d, I]

@@ -8,8 +8,8 @@
 
 namespace stitch {
 
-enum class Family { Llama, Qwen2, Qwen3 };
-enum class Activation { SiLU };
+enum class Family { Llama, Qwen2, Qwen3, Gemma, Gemma2, Gemma3 };
+enum class Activation { SiLU, GeluTanh };  // gate activation of the gated MLP (SwiGLU / GeGLU)
 enum class RopeType { Default, Linear, Llama3 };
 
 struct RopeConfig {
@@ -39,7 +39,16 @@ struct ModelConfig {
     bool mlp_bias = false;  // Llama with mlp_bias
     bool qk_norm = false;   // Qwen 3: RMSNorm over head_dim on q and k before RoPE
     Activation act = Activation::SiLU;
-    RopeConfig rope;
+    RopeConfig rope;              // global (full-attention) layers
+    RopeConfig rope_local;        // sliding-window layers when has_rope_local (Gemma 3: base 10000)
+    bool has_rope_local = false;
+    // Gemma: RMSNorm multiplies by (1 + w). Loaders fold the +1 into the stored weights, so
+    // the forward pass always multiplies by w; this flag only records where it came from.
+    bool norm_plus_one = false;
+    float embed_scale = 1.0f;     // Gemma: sqrt(hidden) (HF casts it to the activation dtype)
+    bool post_norms = false;      // Gemma 2/3: norms on the attention and MLP outputs before the residual add
+    float attn_softcap = 0.0f;    // Gemma 2: scores → c·tanh(scores/c) (0 = off)
+    float final_softcap = 0.0f;   // Gemma 2/3: logits → c·tanh(logits/c) (0 = off)
     std::vector<int> layer_window;  // per layer: 0 = full causal attention, W = sliding window of W keys
     float attn_scale = 0;           // multiplies q·k (1/sqrt(head_dim) unless a family says otherwise)
 

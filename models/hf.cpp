@@ -129,6 +129,7 @@ ModelConfig load_hf_config(const std::filesystem::path& dir) {
             c.qk_norm = true;
             c.qkv_bias = c.o_bias = f.get_bool("attention_bias", false);
             break;
+        default: break;  // families whose model_type is not accepted above
     }
 
     // RoPE: transformers 5 writes "rope_parameters" (with rope_theta inside); older files
