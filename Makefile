@@ -13,7 +13,7 @@ OPT      ?= -O3 -march=x86-64-v3
 # vectorise the branch-free exp in silu/softmax (NaN and Inf semantics are unchanged).
 CXXFLAGS := -std=c++20 $(OPT) -fopenmp -Wall -Wextra -Wno-unused-parameter -Wno-stringop-overflow -fno-trapping-math -g1 \
             -I. -MMD -MP \
-            -DSTITCH_SOURCE_DIR='"$(CURDIR)"'
+            -DSTITCH_SOURCE_DIR='"$(CURDIR)"' -DSTITCH_BUILD_DIR='"$(abspath $(BUILD))"'
 LDLIBS   := -lpcre2-8 -lutf8proc -lfmt -ldl -fopenmp
 PYTHON   := tools/.venv/bin/python
 

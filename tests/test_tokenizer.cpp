@@ -30,7 +30,7 @@ namespace {
 
 const fs::path kRoot{STITCH_SOURCE_DIR};
 const fs::path kFixtures = kRoot / "tests" / "fixtures" / "tokenizers";
-const fs::path kBuilt = kRoot / "build" / "tokenizers";
+const fs::path kBuilt = fs::path(STITCH_BUILD_DIR) / "tokenizers";
 
 std::string slurp(const fs::path& p) {
     std::ifstream f(p, std::ios::binary);

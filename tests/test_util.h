@@ -17,7 +17,8 @@ namespace test {
 
 inline std::filesystem::path source_dir() { return STITCH_SOURCE_DIR; }
 inline std::filesystem::path fixture(const std::string& rel) { return source_dir() / "tests/fixtures" / rel; }
-inline std::filesystem::path stitch_binary() { return source_dir() / "build/stitch"; }
+inline std::filesystem::path build_dir() { return STITCH_BUILD_DIR; }
+inline std::filesystem::path stitch_binary() { return build_dir() / "stitch"; }
 
 // A scratch folder removed when the test ends.
 struct TempDir {
