@@ -14,6 +14,7 @@
 #include "engine/error.h"
 #include "engine/forward.h"
 #include "engine/generate.h"
+#include "engine/lora.h"
 #include "engine/model.h"
 #include "engine/progress.h"
 #include "engine/prompts.h"
@@ -70,7 +71,7 @@ const char* kUsage =
 
 const std::map<std::string, std::string> kHelp = {
     {"inspect",
-     "usage: stitch inspect MODEL [--json]\n"
+     "usage: stitch inspect MODEL [--json] [--lora DIR]\n"
      "  Prints the family, dimensions, layers, heads, vocabulary, RoPE, stored dtypes and tokenizer.\n"
      "  --json     the same as one JSON object\n"},
     {"tokenize",
@@ -94,20 +95,25 @@ const std::map<std::string, std::string> kHelp = {
      "  --no-eos                 do not stop at the model's EOS tokens\n"
      "  -o, --output FILE        write JSONL results here (default: stdout)\n"
      "  --threads N              CPU threads (default: all cores)\n"
+     "  --lora DIR               merge a PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors)\n"
      "  With --prompt, prints the completion. With --prompts (JSONL: {\"prompt\": ..., \"id\": ...,\n"
      "  \"chat\": true|false}), prints one JSON object per prompt: id, prompt, completion,\n"
      "  prompt_tokens, new_tokens, stop (\"eos\" or \"length\").\n"},
     {"bench",
-     "usage: stitch bench MODEL [--prompt-len 512] [--decode 64] [--reps 3] [--threads N] [--json FILE]\n"
+     "usage: stitch bench MODEL [--prompt-len 512] [--decode 64] [--reps 3] [--threads N] [--json FILE] [--lora DIR]\n"
      "  Prefill tokens/s on a random-id prompt (best of --reps after a warm-up), batch-1 decode\n"
      "  tokens/s with the KV cache, weight bytes streamed per decoded token as GB/s, load time and\n"
      "  peak RSS.\n"},
     {"help", "usage: stitch help [SUBCOMMAND]\n"},
 };
 
-Model load_with_timing(const std::string& path, double* seconds = nullptr) {
+// Every command that loads a model takes --lora DIR (a PEFT adapter merged at load).
+Model load_for_command(const Args& a, const std::string& path, double* seconds = nullptr) {
     auto t0 = Clock::now();
+    if (auto dir = a.get("--lora"); dir && !std::filesystem::is_directory(*dir))
+        fail(*dir, "no such adapter folder");
     Model m = load_model(path);
+    if (auto dir = a.get("--lora")) m.adapter = apply_lora(m, *dir);
     if (seconds) *seconds = seconds_since(t0);
     return m;
 }
@@ -122,10 +128,10 @@ const char* rope_type_name(RopeType t) {
 }
 
 int cmd_inspect(int argc, char** argv) {
-    Args a = Args::parse(argc, argv, 2, {"--threads"}, {"--json"});
+    Args a = Args::parse(argc, argv, 2, {"--threads", "--lora"}, {"--json"});
     if (a.positional.size() != 1) fail("inspect", "expects one MODEL argument");
     double load_s = 0;
-    Model m = load_with_timing(a.positional[0], &load_s);
+    Model m = load_for_command(a, a.positional[0], &load_s);
     const ModelConfig& c = m.config;
     int n_window = int(std::count_if(c.layer_window.begin(), c.layer_window.end(), [](int w) { return w > 0; }));
     json j = {{"path", m.path},
@@ -149,6 +155,7 @@ int cmd_inspect(int argc, char** argv) {
               {"stored_dtypes", m.weight_dtypes},
               {"compute_dtype", "F32"},
               {"tokenizer", m.tokenizer.describe()},
+              {"adapter", m.adapter},
               {"load_seconds", load_s}};
     if (a.has("--json")) {
         std::cout << j.dump(2) << "\n";
@@ -169,6 +176,7 @@ int cmd_inspect(int argc, char** argv) {
     fmt::print("eos ids      {}\n", fmt::join(c.eos_ids, ", "));
     fmt::print("dtypes       stored {}; computed F32 on CPU\n", m.weight_dtypes);
     fmt::print("tokenizer    {}\n", m.tokenizer.describe());
+    if (!m.adapter.empty()) fmt::print("adapter      {}\n", m.adapter);
     fmt::print("load time    {:.2f}s\n", load_s);
     return 0;
 }
@@ -189,7 +197,7 @@ int cmd_tokenize(int argc, char** argv) {
 int cmd_generate(int argc, char** argv) {
     Args a = Args::parse(argc, argv, 2,
                          {"--prompt", "--prompts", "-n", "--max-new-tokens", "--temp", "--top-k", "--top-p", "--seed",
-                          "--system", "--batch", "-o", "--output", "--threads"},
+                          "--system", "--batch", "-o", "--output", "--threads", "--lora"},
                          {"--no-eos", "--chat"});
     if (a.positional.size() != 1) fail("generate", "expects one MODEL argument");
     if (a.has("--prompt") == a.has("--prompts")) fail("generate", "give exactly one of --prompt TEXT or --prompts FILE.jsonl");
@@ -209,7 +217,7 @@ int cmd_generate(int argc, char** argv) {
     if (auto p = a.get("--prompt")) recs.push_back(PromptRecord{"0", *p, std::nullopt});
     else recs = read_prompts_jsonl(*a.get("--prompts"));
 
-    Model m = load_model(a.positional[0]);
+    Model m = load_for_command(a, a.positional[0]);
     std::optional<ChatFormat> chat_fmt;
     bool chat_default = false;
     if (a.has("--chat")) {
@@ -266,14 +274,14 @@ int cmd_generate(int argc, char** argv) {
 }
 
 int cmd_bench(int argc, char** argv) {
-    Args a = Args::parse(argc, argv, 2, {"--prompt-len", "--decode", "--reps", "--threads", "--json", "--seed"}, {});
+    Args a = Args::parse(argc, argv, 2, {"--prompt-len", "--decode", "--reps", "--threads", "--json", "--seed", "--lora"}, {});
     if (a.positional.size() != 1) fail("bench", "expects one MODEL argument");
     set_threads(a);
     const int prompt_len = a.get_int("--prompt-len", 512, 1, 1 << 20);
     const int n_decode = a.get_int("--decode", 64, 1, 1 << 20);
     const int reps = a.get_int("--reps", 3, 1, 1000);
     double load_s = 0;
-    Model m = load_with_timing(a.positional[0], &load_s);
+    Model m = load_for_command(a, a.positional[0], &load_s);
     const ModelConfig& c = m.config;
     std::mt19937_64 rng(a.get_u64("--seed", 1234));
     std::vector<int32_t> prompt(static_cast<size_t>(prompt_len));

@@ -41,6 +41,7 @@ struct Model {
     Weights weights;
     Tokenizer tokenizer;
     std::string weight_dtypes;  // summary of stored dtypes, for `inspect`
+    std::string adapter;        // description of a merged LoRA adapter, or empty
     std::vector<std::vector<float>> inv_freq;  // per layer: RoPE inverse frequencies [head_dim/2]
 };
 

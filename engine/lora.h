@@ -1,0 +1,20 @@
+// PEFT LoRA adapters (adapter_config.json + adapter_model.safetensors), merged into a loaded
+// model's float32 weights: W += scaling · B·A for every adapted projection.
+#pragma once
+#include <filesystem>
+#include <string>
+
+#include "engine/model.h"
+
+namespace stitch {
+
+// Merges the adapter in DIR into m. Scaling is lora_alpha / r, or lora_alpha / sqrt(r) with
+// use_rslora, with per-module rank_pattern / alpha_pattern overrides as PEFT applies them.
+// Targets: q/k/v/o_proj and gate/up/down_proj of any layer. Throws stitch::Error naming the
+// adapter file when it does not fit the model (unknown module, layer out of range, shapes that
+// disagree with the model's dimensions, rank that disagrees with the config) or uses a PEFT
+// feature stitch does not merge (DoRA, modules_to_save, LoRA biases, fan_in_fan_out).
+// Returns a one-line description ("LoRA r=8 alpha=16 on q_proj,v_proj: 48 matrices").
+std::string apply_lora(Model& m, const std::filesystem::path& dir);
+
+}  // namespace stitch
