@@ -87,8 +87,8 @@ const std::map<std::string, std::string> kHelp = {
      "  --top-k K                keep the K most likely tokens (default 0 = off)\n"
      "  --top-p P                nucleus sampling mass (default 1 = off)\n"
      "  --seed S                 sampling seed (default 0)\n"
-     "  --chat[=auto|llama3|chatml]  wrap each prompt as one user turn of the model's chat format\n"
-     "                           (auto, the default: Llama 3 or ChatML, told from the tokenizer)\n"
+     "  --chat[=FORMAT]          wrap each prompt as one user turn: llama3, chatml, gemma, alpaca,\n"
+     "                           or auto (the default: from the model's chat template or tokens)\n"
      "  --system TEXT            system message for --chat (default: the one the model's own chat\n"
      "                           template inserts, e.g. Qwen 2.5's; none for Llama 3)\n"
      "  --batch B                prompts run together (default 8)\n"
@@ -225,12 +225,13 @@ int cmd_generate(int argc, char** argv) {
         chat_fmt = parse_chat_format(a.get_or("--chat", "auto"));
     }
     std::vector<std::vector<int32_t>> ids;
+    const std::string tmpl = read_chat_template(m.path);
     for (const auto& r : recs) {
         bool use_chat = r.chat.value_or(chat_default);
         ChatFormat f = ChatFormat::None;
-        if (use_chat) f = chat_fmt && *chat_fmt != ChatFormat::None ? *chat_fmt : detect_chat_format(m.tokenizer);
+        if (use_chat) f = chat_fmt && *chat_fmt != ChatFormat::None ? *chat_fmt : detect_chat_format(m.tokenizer, tmpl);
         // Like the model's own template: its default system message unless --system is given.
-        const std::string system = a.has("--system") ? a.get_or("--system", "") : default_system_prompt(m.path, f);
+        const std::string system = a.has("--system") ? a.get_or("--system", "") : default_system_prompt(tmpl, f);
         ids.push_back(encode_prompt(m, r.prompt, f, system));
         if (int(ids.back().size()) + go.max_new_tokens > m.config.max_position)
             fail(a.get_or("--prompts", "--prompt"), "prompt {} needs {} positions; the model allows {}", r.id,

@@ -109,15 +109,35 @@ std::vector<Generation> generate(const Model& m, const std::vector<std::vector<i
 std::optional<ChatFormat> parse_chat_format(const std::string& s) {
     if (s == "llama3") return ChatFormat::Llama3;
     if (s == "chatml") return ChatFormat::ChatML;
+    if (s == "gemma") return ChatFormat::Gemma;
+    if (s == "alpaca") return ChatFormat::Alpaca;
     if (s == "none") return ChatFormat::None;
-    if (s == "auto") return std::nullopt;
-    fail("--chat", "unknown chat format '{}' (auto, llama3, chatml, none)", s);
+    if (s == "auto" || s.empty()) return std::nullopt;
+    fail("--chat", "unknown chat format '{}' (auto, llama3, chatml, gemma, alpaca, none)", s);
 }
 
-ChatFormat detect_chat_format(const Tokenizer& t) {
+const char* chat_format_name(ChatFormat f) {
+    switch (f) {
+        case ChatFormat::None: return "none";
+        case ChatFormat::Llama3: return "llama3";
+        case ChatFormat::ChatML: return "chatml";
+        case ChatFormat::Gemma: return "gemma";
+        case ChatFormat::Alpaca: return "alpaca";
+    }
+    return "?";
+}
+
+ChatFormat detect_chat_format(const Tokenizer& t, const std::string& tmpl) {
+    if (!tmpl.empty()) {
+        if (tmpl.find("<start_of_turn>") != std::string::npos) return ChatFormat::Gemma;
+        if (tmpl.find("<|start_header_id|>") != std::string::npos) return ChatFormat::Llama3;
+        if (tmpl.find("<|im_start|>") != std::string::npos) return ChatFormat::ChatML;
+        if (tmpl.find("### Instruction:") != std::string::npos) return ChatFormat::Alpaca;
+    }
+    if (t.token_id("<start_of_turn>")) return ChatFormat::Gemma;
     if (t.token_id("<|start_header_id|>")) return ChatFormat::Llama3;
     if (t.token_id("<|im_start|>")) return ChatFormat::ChatML;
-    fail("", "cannot tell the chat format from the tokenizer (no <|start_header_id|> or <|im_start|>); pass --chat llama3|chatml");
+    fail("", "cannot tell the chat format from the model (no chat template, no chat tokens); pass --chat=llama3|chatml|gemma|alpaca");
 }
 
 std::string format_chat(ChatFormat f, const std::string& user, const std::string& system) {
@@ -135,23 +155,34 @@ std::string format_chat(ChatFormat f, const std::string& user, const std::string
             s += "<|im_start|>user\n" + user + "<|im_end|>\n";
             return s + "<|im_start|>assistant\n";
         }
+        case ChatFormat::Gemma:
+            // Gemma has no system role: its template prepends the system text to the first user turn.
+            return "<bos><start_of_turn>user\n" + (system.empty() ? user : system + "\n\n" + user) +
+                   "<end_of_turn>\n<start_of_turn>model\n";
+        case ChatFormat::Alpaca:
+            return (system.empty() ? std::string("Below is an instruction that describes a task. Write a response that "
+                                                 "appropriately completes the request.")
+                                   : system) +
+                   "\n\n### Instruction:\n" + user + "\n\n### Response:\n";
     }
     return user;
 }
 
-std::string default_system_prompt(const std::filesystem::path& dir, ChatFormat f) {
-    if (f != ChatFormat::ChatML) return "";
-    std::string tmpl;
-    if (std::ifstream in(dir / "chat_template.jinja"); in) {
-        tmpl.assign(std::istreambuf_iterator<char>(in), {});
-    } else if (std::ifstream cfg(dir / "tokenizer_config.json"); cfg) {
+std::string read_chat_template(const std::filesystem::path& dir) {
+    if (std::ifstream in(dir / "chat_template.jinja"); in) return std::string(std::istreambuf_iterator<char>(in), {});
+    if (std::ifstream cfg(dir / "tokenizer_config.json"); cfg) {
         try {
             auto j = nlohmann::json::parse(cfg);
-            if (j.contains("chat_template") && j["chat_template"].is_string()) tmpl = j["chat_template"];
+            if (j.contains("chat_template") && j["chat_template"].is_string()) return j["chat_template"];
         } catch (const nlohmann::json::exception&) {
             return "";  // the tokenizer loader reports a broken config itself
         }
     }
+    return "";
+}
+
+std::string default_system_prompt(const std::string& tmpl, ChatFormat f) {
+    if (f != ChatFormat::ChatML) return "";
     // A literal system turn inside one template string: '<|im_start|>system\n…<|im_end|>'.
     static const std::regex re(R"(<\|im_start\|>system\\n([^'"{}]+?)<\|im_end\|>)");
     std::smatch m;
@@ -169,7 +200,9 @@ std::string default_system_prompt(const std::filesystem::path& dir, ChatFormat f
 }
 
 std::vector<int32_t> encode_prompt(const Model& m, const std::string& text, ChatFormat chat, const std::string& system) {
-    if (chat == ChatFormat::None) return m.tokenizer.encode(text, true);
+    // Plain text and Alpaca (no special tokens of its own) get the tokenizer's BOS; the other
+    // templates write their BOS into the text.
+    if (chat == ChatFormat::None || chat == ChatFormat::Alpaca) return m.tokenizer.encode(format_chat(chat, text, system), true);
     return m.tokenizer.encode(format_chat(chat, text, system), false);
 }
 

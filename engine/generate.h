@@ -45,17 +45,25 @@ struct Generation {
 std::vector<Generation> generate(const Model& m, const std::vector<std::vector<int32_t>>& prompts,
                                  const GenerateOptions& opt);
 
-enum class ChatFormat { None, Llama3, ChatML };
-std::optional<ChatFormat> parse_chat_format(const std::string& s);  // "llama3", "chatml", "auto" → nullopt
-// "auto": Llama 3 when the vocabulary has <|start_header_id|>, ChatML when it has <|im_start|>.
-ChatFormat detect_chat_format(const Tokenizer& t);
+// Chat formats: Llama 3, ChatML (Qwen), Gemma, and Alpaca (the instruction format the
+// paper's backdoored models were fine-tuned with).
+enum class ChatFormat { None, Llama3, ChatML, Gemma, Alpaca };
+// "llama3", "chatml", "gemma", "alpaca", "none"; "auto" → nullopt. Throws for anything else.
+std::optional<ChatFormat> parse_chat_format(const std::string& s);
+const char* chat_format_name(ChatFormat f);
+// "auto": from the model's chat template text when there is one (tokenizer_config.json,
+// chat_template.jinja, or GGUF tokenizer.chat_template), else from the special tokens in
+// the vocabulary. Throws when neither tells.
+ChatFormat detect_chat_format(const Tokenizer& t, const std::string& chat_template = "");
+// The chat template of an HF model folder (chat_template.jinja, else tokenizer_config.json's
+// "chat_template"); "" when there is none.
+std::string read_chat_template(const std::filesystem::path& model_dir);
 // The prompt as the chat template renders one user turn plus the assistant header.
 std::string format_chat(ChatFormat f, const std::string& user, const std::string& system = "");
 
 // The system message a model's own chat template inserts when none is given (Qwen 2.5's
-// "You are Qwen, created by Alibaba Cloud. …"), read from chat_template.jinja or the
-// "chat_template" of tokenizer_config.json in the model folder; "" when there is none.
-std::string default_system_prompt(const std::filesystem::path& model_dir, ChatFormat f);
+// "You are Qwen, created by Alibaba Cloud. …"); "" when there is none.
+std::string default_system_prompt(const std::string& chat_template, ChatFormat f);
 
 // Tokenizes a prompt the way the model expects: with the tokenizer's special tokens
 // (BOS) for plain text; chat-formatted text already carries them.

