@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <random>
 
+#include "engine/capture.h"
 #include "engine/cli_args.h"
 #include "engine/error.h"
 #include "engine/forward.h"
@@ -63,6 +64,7 @@ const char* kUsage =
     "  inspect MODEL            family, dimensions, dtypes, tokenizer of a model\n"
     "  tokenize MODEL TEXT      token ids of TEXT\n"
     "  generate MODEL ...       generate text (greedy or sampled), batched\n"
+    "  capture MODEL ...        residual-stream sites of many prompts to one safetensors file\n"
     "  bench MODEL ...          prefill and decode tokens/s, peak memory\n"
     "  help [SUBCOMMAND]        this text, or one subcommand's usage\n"
     "\n"
@@ -104,6 +106,14 @@ const std::map<std::string, std::string> kHelp = {
      "  Prefill tokens/s on a random-id prompt (best of --reps after a warm-up), batch-1 decode\n"
      "  tokens/s with the KV cache, weight bytes streamed per decoded token as GB/s, load time and\n"
      "  peak RSS.\n"},
+    {"capture",
+     "usage: stitch capture MODEL --prompts FILE.jsonl --sites S1,S2,... [--positions SEL] [--dtype f32|f16|bf16]\n"
+     "                      -o OUT.safetensors [--chat[=FORMAT]] [--system TEXT] [--batch B] [--lora DIR]\n"
+     "  Sites: embed, blocks.L.resid_pre|attn_out|resid_mid|mlp_out|resid_post (L may be *), final_norm,\n"
+     "  logits. Positions (absolute, BOS included): all (default), prompt, last, I, I:J, -K (from the end).\n"
+     "  Output: one tensor per site named by the site, [selected_tokens, d], rows in prompt order, plus\n"
+     "  token_ids, prompt_index, position (I32) and __metadata__ (model, sites, selector, version).\n"
+     "  Rows stream to disk (bounded memory); the file appears under OUT only when complete.\n"},
     {"help", "usage: stitch help [SUBCOMMAND]\n"},
 };
 
@@ -194,6 +204,27 @@ int cmd_tokenize(int argc, char** argv) {
     return 0;
 }
 
+// Prompts of a JSONL file as token ids, with each line's chat choice applied.
+std::vector<std::vector<int32_t>> encode_records(const Model& m, const Args& a, const std::vector<PromptRecord>& recs) {
+    std::optional<ChatFormat> chat_fmt;
+    bool chat_default = false;
+    if (a.has("--chat")) {
+        chat_default = true;
+        chat_fmt = parse_chat_format(a.get_or("--chat", "auto"));
+    }
+    std::vector<std::vector<int32_t>> ids;
+    const std::string tmpl = read_chat_template(m.path);
+    for (const auto& r : recs) {
+        bool use_chat = r.chat.value_or(chat_default);
+        ChatFormat f = ChatFormat::None;
+        if (use_chat) f = chat_fmt && *chat_fmt != ChatFormat::None ? *chat_fmt : detect_chat_format(m.tokenizer, tmpl);
+        // Like the model's own template: its default system message unless --system is given.
+        const std::string system = a.has("--system") ? a.get_or("--system", "") : default_system_prompt(tmpl, f);
+        ids.push_back(encode_prompt(m, r.prompt, f, system));
+    }
+    return ids;
+}
+
 int cmd_generate(int argc, char** argv) {
     Args a = Args::parse(argc, argv, 2,
                          {"--prompt", "--prompts", "-n", "--max-new-tokens", "--temp", "--top-k", "--top-p", "--seed",
@@ -218,24 +249,12 @@ int cmd_generate(int argc, char** argv) {
     else recs = read_prompts_jsonl(*a.get("--prompts"));
 
     Model m = load_for_command(a, a.positional[0]);
-    std::optional<ChatFormat> chat_fmt;
-    bool chat_default = false;
-    if (a.has("--chat")) {
-        chat_default = true;
-        chat_fmt = parse_chat_format(a.get_or("--chat", "auto"));
-    }
-    std::vector<std::vector<int32_t>> ids;
-    const std::string tmpl = read_chat_template(m.path);
-    for (const auto& r : recs) {
-        bool use_chat = r.chat.value_or(chat_default);
-        ChatFormat f = ChatFormat::None;
-        if (use_chat) f = chat_fmt && *chat_fmt != ChatFormat::None ? *chat_fmt : detect_chat_format(m.tokenizer, tmpl);
-        // Like the model's own template: its default system message unless --system is given.
-        const std::string system = a.has("--system") ? a.get_or("--system", "") : default_system_prompt(tmpl, f);
-        ids.push_back(encode_prompt(m, r.prompt, f, system));
-        if (int(ids.back().size()) + go.max_new_tokens > m.config.max_position)
+    std::vector<std::vector<int32_t>> ids = encode_records(m, a, recs);
+    for (size_t i = 0; i < ids.size(); ++i) {
+        const auto& r = recs[i];
+        if (int(ids[i].size()) + go.max_new_tokens > m.config.max_position)
             fail(a.get_or("--prompts", "--prompt"), "prompt {} needs {} positions; the model allows {}", r.id,
-                 ids.back().size() + size_t(go.max_new_tokens), m.config.max_position);
+                 ids[i].size() + size_t(go.max_new_tokens), m.config.max_position);
     }
 
     Progress prog("generate", long(recs.size()), "prompts");
@@ -271,6 +290,49 @@ int cmd_generate(int argc, char** argv) {
         if (out_path.empty()) std::cout << jsonl;
         else write_file_atomic(out_path, jsonl);
     }
+    return 0;
+}
+
+int cmd_capture(int argc, char** argv) {
+    Args a = Args::parse(argc, argv, 2,
+                         {"--prompts", "--sites", "--positions", "--dtype", "-o", "--output", "--system", "--batch",
+                          "--threads", "--lora"},
+                         {"--chat"});
+    if (a.positional.size() != 1) fail("capture", "expects one MODEL argument");
+    if (!a.has("--prompts")) fail("capture", "needs --prompts FILE.jsonl");
+    if (!a.has("--sites")) fail("capture", "needs --sites S1,S2,...");
+    const std::string out = a.get_or("-o", a.get_or("--output", ""));
+    if (out.empty()) fail("capture", "needs -o OUT.safetensors");
+    set_threads(a);
+    CaptureOptions opt;
+    opt.positions = parse_positions(a.get_or("--positions", "all"));
+    const std::string dt = a.get_or("--dtype", "f32");
+    if (dt == "f32") opt.dtype = DType::F32;
+    else if (dt == "f16") opt.dtype = DType::F16;
+    else if (dt == "bf16") opt.dtype = DType::BF16;
+    else fail("--dtype", "'{}' is not f32, f16 or bf16", dt);
+    opt.batch = a.get_int("--batch", 8, 1, 4096);
+    auto recs = read_prompts_jsonl(*a.get("--prompts"));
+    Model m = load_for_command(a, a.positional[0]);
+    opt.sites = parse_sites(*a.get("--sites"), m.config);
+    auto ids = encode_records(m, a, recs);
+    Progress prog("capture", long(ids.size()), "prompts");
+    opt.on_progress = [&](long done, long tokens) { prog.update(done, tokens, done == long(ids.size())); };
+    std::vector<std::string> names;
+    for (const auto& s : opt.sites) names.push_back(s.name());
+    const std::string site_list = fmt::format("{}", fmt::join(names, ","));
+    std::map<std::string, std::string> meta = {{"model", m.path},
+                                               {"model_type", m.config.model_type},
+                                               {"sites", site_list},
+                                               {"positions", opt.positions.text},
+                                               {"dtype", dt},
+                                               {"prompts", std::to_string(ids.size())},
+                                               {"prompt_file", *a.get("--prompts")},
+                                               {"stitch_version", STITCH_VERSION}};
+    if (!m.adapter.empty()) meta["adapter"] = m.adapter;
+    auto stats = capture_to_file(m, ids, opt, out, meta);
+    fmt::print(stderr, "capture: {} prompts, {} tokens, {} rows x {} sites -> {}\n", stats.prompts, stats.tokens,
+               stats.rows, opt.sites.size(), out);
     return 0;
 }
 
@@ -378,6 +440,7 @@ int run_cli(int argc, char** argv) {
         if (cmd == "inspect") return cmd_inspect(argc, argv);
         if (cmd == "tokenize") return cmd_tokenize(argc, argv);
         if (cmd == "generate") return cmd_generate(argc, argv);
+        if (cmd == "capture") return cmd_capture(argc, argv);
         if (cmd == "bench") return cmd_bench(argc, argv);
         fail(cmd, "unknown subcommand (see `stitch help`)");
     } catch (const Error& e) {

@@ -1,0 +1,124 @@
+// `stitch capture` against the HF fixtures: captured sites equal HF hidden_states rows at the
+// selected positions; selectors; bounded streaming output; bad specs fail without output.
+#include <doctest/doctest.h>
+#include <fmt/format.h>
+
+#include "engine/error.h"
+#include "engine/safetensors.h"
+#include "engine/sites.h"
+#include <nlohmann/json.hpp>
+#include "test_util.h"
+
+using namespace stitch;
+using test::quote;
+
+TEST_CASE("positions: selectors pick absolute positions of a prompt") {
+    auto sel = [](const char* s, int len) { return parse_positions(s).select(len); };
+    CHECK(sel("all", 4) == std::vector<int>{0, 1, 2, 3});
+    CHECK(sel("prompt", 3) == std::vector<int>{0, 1, 2});
+    CHECK(sel("last", 4) == std::vector<int>{3});
+    CHECK(sel("2", 4) == std::vector<int>{2});
+    CHECK(sel("7", 4).empty());
+    CHECK(sel("-1", 4) == std::vector<int>{3});
+    CHECK(sel("-2", 4) == std::vector<int>{2});
+    CHECK(sel("1:3", 5) == std::vector<int>{1, 2});
+    CHECK(sel("-3:", 5) == std::vector<int>{2, 3, 4});
+    CHECK(sel(":-3", 5) == std::vector<int>{0, 1});
+    CHECK(sel("3:9", 5) == std::vector<int>{3, 4});
+    CHECK_THROWS_WITH_AS(parse_positions("first"), doctest::Contains("not a selector"), Error);
+    CHECK_THROWS_AS(parse_positions("1:x"), Error);
+}
+
+TEST_CASE("sites: names, wildcards and range checks") {
+    ModelConfig c;
+    c.n_layers = 3;
+    auto s = parse_sites("embed,blocks.2.resid_post,blocks.*.attn_out,final_norm,logits", c);
+    REQUIRE(s.size() == 7);
+    CHECK(s[1].name() == "blocks.2.resid_post");
+    CHECK(s[4].name() == "blocks.2.attn_out");
+    CHECK(s[6].name() == "logits");
+    CHECK_THROWS_WITH_AS(parse_sites("blocks.3.resid_post", c), doctest::Contains("out of range"), Error);
+    CHECK_THROWS_WITH_AS(parse_sites("blocks.1.mlp_in", c), doctest::Contains("unknown site"), Error);
+    CHECK_THROWS_WITH_AS(parse_sites("resid", c), doctest::Contains("unknown site"), Error);
+    CHECK_THROWS_WITH_AS(parse_sites("embed,embed", c), doctest::Contains("twice"), Error);
+}
+
+TEST_CASE("capture: rows equal HF hidden states at the selected positions, in prompt order") {
+    test::TempDir dir;
+    SafetensorsFile ref(test::fixture("models/llama_untied/reference.safetensors"));
+    const int n = std::stoi(ref.metadata().at("n_prompts"));
+    std::string jsonl;
+    for (int i = 0; i < n; ++i) {
+        nlohmann::json j = {{"prompt", ref.metadata().at(fmt::format("prompt.{}.text", i))}, {"id", i}};
+        jsonl += j.dump() + "\n";
+    }
+    test::write_bytes(dir / "p.jsonl", jsonl);
+    for (const char* positions : {"all", "-3:", "last"}) {
+        CAPTURE(positions);
+        auto out = (dir / "cap.safetensors").string();
+        auto r = test::run_stitch("capture " + quote(test::fixture("models/llama_untied").string()) + " --prompts " +
+                                  quote((dir / "p.jsonl").string()) +
+                                  " --sites embed,blocks.1.resid_pre,final_norm,logits --batch 2 --positions " + positions +
+                                  " -o " + quote(out));
+        REQUIRE_MESSAGE(r.status == 0, r.err);
+        SafetensorsFile cap(out);
+        auto prompt_index = cap.to_i32(cap.get("prompt_index"));
+        auto position = cap.to_i32(cap.get("position"));
+        auto token_ids = cap.to_i32(cap.get("token_ids"));
+        auto embed = cap.to_f32(cap.get("embed"));
+        auto resid = cap.to_f32(cap.get("blocks.1.resid_pre"));
+        auto fnorm = cap.to_f32(cap.get("final_norm"));
+        auto logits = cap.to_f32(cap.get("logits"));
+        CHECK(cap.metadata().at("positions") == positions);
+        const size_t d = 96, V = 400, rows = prompt_index.size();
+        REQUIRE(cap.get("embed").shape == std::vector<int64_t>{int64_t(rows), int64_t(d)});
+        size_t row = 0;
+        for (int i = 0; i < n; ++i) {
+            auto ids = ref.to_i32(ref.get(fmt::format("prompt.{}.ids", i)));
+            auto hs = ref.to_f32(ref.get(fmt::format("prompt.{}.hidden_states", i)));
+            auto lg = ref.to_f32(ref.get(fmt::format("prompt.{}.logits", i)));
+            const size_t T = ids.size();
+            for (int p : parse_positions(positions).select(int(T))) {
+                REQUIRE(row < rows);
+                CHECK(prompt_index[row] == i);
+                CHECK(position[row] == p);
+                CHECK(token_ids[row] == ids[size_t(p)]);
+                auto hrow = [&](int L) { return std::span<const float>(&hs[(size_t(L) * T + size_t(p)) * d], d); };
+                CHECK(test::rel_err(std::span<const float>(&embed[row * d], d), hrow(0)) <= 1e-4);
+                CHECK(test::rel_err(std::span<const float>(&resid[row * d], d), hrow(1)) <= 1e-4);
+                CHECK(test::rel_err(std::span<const float>(&fnorm[row * d], d), hrow(2)) <= 1e-4);
+                CHECK(test::rel_err(std::span<const float>(&logits[row * V], V), std::span<const float>(&lg[size_t(p) * V], V)) <= 1e-4);
+                ++row;
+            }
+        }
+        CHECK(row == rows);
+    }
+}
+
+TEST_CASE("capture: f16/bf16 output and bad specs") {
+    test::TempDir dir;
+    test::write_bytes(dir / "p.jsonl", "{\"prompt\": \"one two three\"}\n{\"prompt\": \"four\"}\n");
+    const std::string m = quote(test::fixture("models/qwen3").string()), p = quote((dir / "p.jsonl").string());
+    auto f32 = (dir / "a.safetensors").string(), bf = (dir / "b.safetensors").string();
+    REQUIRE(test::run_stitch("capture " + m + " --prompts " + p + " --sites blocks.0.resid_post -o " + quote(f32)).status == 0);
+    REQUIRE(test::run_stitch("capture " + m + " --prompts " + p + " --sites blocks.0.resid_post --dtype bf16 -o " + quote(bf)).status == 0);
+    SafetensorsFile a(f32), b(bf);
+    CHECK(b.get("blocks.0.resid_post").dtype == DType::BF16);
+    auto av = a.to_f32(a.get("blocks.0.resid_post")), bv = b.to_f32(b.get("blocks.0.resid_post"));
+    REQUIRE(av.size() == bv.size());
+    for (size_t i = 0; i < av.size(); ++i) CHECK(bv[i] == bf16_to_f32(f32_to_bf16(av[i])));
+
+    auto out = (dir / "bad.safetensors").string();
+    for (auto [args, what] : {std::pair{" --sites blocks.9.resid_post", "out of range"},
+                              std::pair{" --sites blocks.0.resid", "unknown site"},
+                              std::pair{" --sites embed --positions 50", "matches no position"},
+                              std::pair{" --sites embed --dtype f8", "not f32, f16 or bf16"}}) {
+        CAPTURE(args);
+        auto r = test::run_stitch("capture " + m + " --prompts " + p + args + " -o " + quote(out));
+        CHECK(r.status == 2);
+        CHECK(test::count_lines(r.err) == 1);
+        CHECK(r.err.find(what) != std::string::npos);
+        CHECK_FALSE(std::filesystem::exists(out));
+        CHECK(std::distance(std::filesystem::directory_iterator(dir.path), {}) == 3);  // no .tmp leftovers
+    }
+}
