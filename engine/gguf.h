@@ -17,19 +17,30 @@
 namespace stitch {
 
 // ggml tensor types, numbered as in the GGUF spec.
+// The file reader knows the block layout (and so the byte size) of every type listed; the
+// dequantizer converts all but the IQ grid types, TQ*, MXFP4, NVFP4, Q1_0 and Q8_1
+// (ggml_type_dequantizable).
 enum class GGMLType : uint32_t {
     F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q8_1 = 9,
     Q2_K = 10, Q3_K = 11, Q4_K = 12, Q5_K = 13, Q6_K = 14, Q8_K = 15,
-    I8 = 24, I16 = 25, I32 = 26, I64 = 27, F64 = 28, BF16 = 30,
+    IQ2_XXS = 16, IQ2_XS = 17, IQ3_XXS = 18, IQ1_S = 19, IQ4_NL = 20, IQ3_S = 21, IQ2_S = 22, IQ4_XS = 23,
+    I8 = 24, I16 = 25, I32 = 26, I64 = 27, F64 = 28, IQ1_M = 29, BF16 = 30,
+    TQ1_0 = 34, TQ2_0 = 35, MXFP4 = 39, NVFP4 = 40, Q1_0 = 41,
 };
 const char* ggml_type_name(GGMLType t);  // "Q4_K", …; "type 99" style text for unknown numbers
+// Elements per block and bytes per block (ggml's blck_size / type_size); 0 for unknown numbers.
+int64_t ggml_block_size(GGMLType t);
+int64_t ggml_type_size(GGMLType t);
+bool ggml_type_known(uint32_t t);
+bool ggml_type_dequantizable(GGMLType t);  // kernels/cpu/dequant.cpp converts it to float32
 
 // One metadata value. Arrays hold one element type (GGUF forbids mixed arrays).
 struct GGUFValue {
     using Array = std::vector<GGUFValue>;
+    // uint8/16/32/64 → uint64_t, int8/16/32/64 → int64_t, float32/64 → double.
     std::variant<uint64_t, int64_t, double, bool, std::string, Array> v;
-    // Typed access; throw stitch::Error naming the file and key when the type does not fit.
-    // Integer accessors accept any integer type whose value fits.
+    // Typed access is through GGUFFile's getters, which name the file and key when the type
+    // does not fit. Integer accessors accept any integer type whose value fits.
 };
 
 struct GGUFTensorInfo {
@@ -46,6 +57,8 @@ public:
     explicit GGUFFile(const std::filesystem::path& path);  // throws stitch::Error
     const std::string& path() const;
     uint32_t version() const;
+    uint64_t alignment() const;    // general.alignment, default 32
+    uint64_t data_offset() const;  // file offset of the tensor data section
 
     bool has(std::string_view key) const;
     // Throw stitch::Error "<file>: missing metadata key 'qwen2.block_count'" / wrong type.
