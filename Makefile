@@ -85,6 +85,8 @@ $(PYTHON): tools/requirements.txt
 fixtures: $(PYTHON)
 	$(PYTHON) tools/make_fixtures.py
 	$(PYTHON) tools/make_tokenizer_fixtures.py
+	$(PYTHON) tools/make_gguf_fixtures.py
+	$(PYTHON) tools/make_lora_fixtures.py
 
 bench: $(BUILD)/stitch $(PYTHON)
 	tools/bench.sh
