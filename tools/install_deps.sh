@@ -3,7 +3,8 @@
 # Runs apt-get as root, or through sudo. Safe to run repeatedly.
 set -euo pipefail
 pkgs=(g++ make pkg-config xz-utils python3 python3-pip
-      libfmt-dev doctest-dev nlohmann-json3-dev libpcre2-dev libutf8proc-dev libopenblas-openmp-dev)
+      libfmt-dev doctest-dev nlohmann-json3-dev libpcre2-dev libutf8proc-dev libsentencepiece-dev
+      libopenblas-openmp-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

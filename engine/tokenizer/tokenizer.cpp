@@ -1,6 +1,6 @@
-// tokenizer.json loading and the encode/decode pipeline, following HF `tokenizers`:
+// tokenizer.json / tokenizer.model loading and the encode/decode pipeline, following HF `tokenizers`:
 //   added tokens (non-normalized) -> normalizer -> added tokens (normalized) -> pre-tokenizers
-//   -> BPE per pre-token -> post-processor.
+//   -> BPE (or SentencePiece) per pre-token -> post-processor;  ids -> tokens -> decoder chain.
 #include "engine/tokenizer/tokenizer.h"
 
 #include <fmt/format.h>
@@ -14,7 +14,9 @@
 
 #include "engine/error.h"
 #include "engine/tokenizer/bpe.h"
+#include "engine/tokenizer/internal.h"
 #include "engine/tokenizer/regex.h"
+#include "engine/tokenizer/spm.h"
 #include "engine/tokenizer/text.h"
 
 namespace stitch::tok {
@@ -109,15 +111,38 @@ struct TokenTrie {
 };
 
 enum class SplitBehavior { Removed, Isolated, MergedWithPrevious, MergedWithNext, Contiguous };
+enum class PrependScheme { Always, First, Never };
+
+struct Normalizer {
+    enum class Kind { Form, Replace, Prepend, Strip } kind = Kind::Form;
+    NormForm form = NormForm::NFC;  // Form
+    Regex regex;                    // Replace: the pattern
+    std::string text;               // Replace: the content; Prepend: the prefix
+    bool left = false, right = false;  // Strip
+
+    std::string apply(std::string_view s) const;
+};
 
 struct PreTokenizer {
-    enum class Kind { Split, ByteLevel, Digits } kind = Kind::Split;
+    enum class Kind { Split, ByteLevel, Digits, Metaspace } kind = Kind::Split;
     Regex regex;  // Split
     SplitBehavior behavior = SplitBehavior::Isolated;
     bool invert = false;
     bool add_prefix_space = false, use_regex = true;  // ByteLevel
     bool individual_digits = false;                   // Digits
+    std::string replacement;                          // Metaspace (one character, UTF-8)
+    PrependScheme scheme = PrependScheme::Always;     // Metaspace
+    bool split = true;                                // Metaspace
     std::string name;                                 // for describe()
+};
+
+struct Decoder {
+    enum class Kind { ByteLevel, Replace, ByteFallback, Fuse, Strip, Metaspace } kind = Kind::ByteLevel;
+    Regex regex;              // Replace
+    std::string text;         // Replace: content; Metaspace: replacement
+    char32_t strip_char = ' ';  // Strip
+    size_t start = 0, stop = 0;  // Strip
+    PrependScheme scheme = PrependScheme::Always;  // Metaspace
 };
 
 struct TemplateItem {
@@ -127,25 +152,28 @@ struct TemplateItem {
 
 struct TokenizerImpl {
     std::string source;
-    Bpe bpe;
+    Bpe bpe;  // for SentencePiece models: only the vocabulary (piece <-> id)
+    std::shared_ptr<const SpmModel> spm;  // set for SentencePiece models
+    SpmPrefix spm_prefix = SpmPrefix::None;
+    std::string spm_kind;  // describe(): "tokenizer.model" / "GGUF llama vocabulary"
     bool byte_level = false;
     std::vector<AddedToken> added;                   // in id-assignment order
     std::unordered_map<int32_t, size_t> added_by_id;  // id -> index into added
     StringMap<int32_t> added_by_content;
     std::unordered_set<std::string, StringHash, std::equal_to<>> special_contents;
     TokenTrie raw_trie, normalized_trie;
-    std::vector<NormForm> normalizers;
+    std::vector<Normalizer> normalizers;
     std::vector<std::string> normalizer_names;
     std::vector<PreTokenizer> pre_tokenizers;
     std::vector<std::vector<TemplateItem>> templates;  // applied in order when add_special
     std::vector<std::string> post_names;
-    int decoder_byte_level_steps = 0;  // number of ByteLevel decoders in the chain
+    std::vector<Decoder> decoders;  // the flattened decoder chain
     bool has_decoder = false;
     int32_t max_id = -1;
 
     std::string normalize_text(std::string_view s) const {
         std::string out(s);
-        for (NormForm f : normalizers) out = normalize(out, f);
+        for (const Normalizer& n : normalizers) out = n.apply(out);
         return out;
     }
 
@@ -160,8 +188,55 @@ struct TokenizerImpl {
 
     void split_added(std::string_view s, const TokenTrie& trie,
                      std::vector<std::pair<std::string, int32_t>>& out) const;
-    void pre_tokenize(size_t level, std::string_view piece, Scratch& sc, std::vector<int32_t>& ids) const;
+    // at_start: the piece begins at offset 0 of the input (Metaspace prepend_scheme "first").
+    void pre_tokenize(size_t level, std::string_view piece, bool at_start, Scratch& sc,
+                      std::vector<int32_t>& ids) const;
+    void spm_encode(std::string_view piece, bool at_start, std::vector<int32_t>& ids) const;
+    std::string run_decoders(std::vector<std::string> tokens) const;
 };
+
+std::string Normalizer::apply(std::string_view s) const {
+    switch (kind) {
+        case Kind::Form: return normalize(s, form);
+        case Kind::Replace: {
+            std::vector<std::pair<size_t, size_t>> m;
+            regex.find_all(s, m);
+            if (m.empty()) return std::string(s);
+            std::string out;
+            out.reserve(s.size() + m.size() * text.size());
+            size_t last = 0;
+            for (auto [a, b] : m) {
+                out.append(s.substr(last, a - last));
+                out += text;
+                last = b;
+            }
+            out.append(s.substr(last));
+            return out;
+        }
+        case Kind::Prepend:
+            if (s.empty()) return {};
+            return text + std::string(s);
+        case Kind::Strip: {
+            size_t a = 0, b = s.size();
+            if (left)
+                while (a < b) {
+                    size_t k = a;
+                    if (!is_white_space(next_cp(s, k))) break;
+                    a = k;
+                }
+            if (right)
+                while (b > a) {
+                    size_t k = b - 1;
+                    while (k > a && (static_cast<unsigned char>(s[k]) & 0xC0) == 0x80) --k;
+                    size_t kk = k;
+                    if (!is_white_space(next_cp(s, kk))) break;
+                    b = k;
+                }
+            return std::string(s.substr(a, b - a));
+        }
+    }
+    return std::string(s);
+}
 
 namespace {
 
@@ -280,11 +355,16 @@ void TokenizerImpl::split_added(std::string_view s, const TokenTrie& trie,
     if (start_offset < s.size()) push(start_offset, s.size(), -1);
 }
 
-void TokenizerImpl::pre_tokenize(size_t level, std::string_view piece, Scratch& sc,
+void TokenizerImpl::spm_encode(std::string_view piece, bool /*at_start*/, std::vector<int32_t>& ids) const {
+    spm->encode(piece, ids);  // the dummy prefix, if any, is the model's own (SpmPrefix)
+}
+
+void TokenizerImpl::pre_tokenize(size_t level, std::string_view piece, bool at_start, Scratch& sc,
                                  std::vector<int32_t>& ids) const {
     if (piece.empty()) return;
     if (level == pre_tokenizers.size()) {
-        bpe.tokenize(piece, ids);
+        if (spm) spm_encode(piece, at_start, ids);
+        else bpe.tokenize(piece, ids);
         return;
     }
     const PreTokenizer& pt = pre_tokenizers[level];
@@ -298,7 +378,7 @@ void TokenizerImpl::pre_tokenize(size_t level, std::string_view piece, Scratch& 
             if (pt.invert)
                 for (auto& c : cover) c.second = !c.second;
             apply_behavior(cover, pt.behavior, pieces);
-            for (auto [a, b] : pieces) pre_tokenize(level + 1, piece.substr(a, b - a), sc, ids);
+            for (auto [a, b] : pieces) pre_tokenize(level + 1, piece.substr(a, b - a), at_start && a == 0, sc, ids);
             return;
         }
         case PreTokenizer::Kind::Digits: {
@@ -317,7 +397,34 @@ void TokenizerImpl::pre_tokenize(size_t level, std::string_view piece, Scratch& 
             if (piece.size() > last) cover.push_back({{last, piece.size()}, false});
             apply_behavior(cover, pt.individual_digits ? SplitBehavior::Isolated : SplitBehavior::Contiguous,
                            pieces);
-            for (auto [a, b] : pieces) pre_tokenize(level + 1, piece.substr(a, b - a), sc, ids);
+            for (auto [a, b] : pieces) pre_tokenize(level + 1, piece.substr(a, b - a), at_start && a == 0, sc, ids);
+            return;
+        }
+        case PreTokenizer::Kind::Metaspace: {
+            // HF Metaspace: spaces become the replacement, then the prefix, then (split) a split
+            // before every replacement character (MergedWithNext).
+            std::string m;
+            m.reserve(piece.size() + 8);
+            bool prepend = pt.scheme == PrependScheme::Always || (pt.scheme == PrependScheme::First && at_start);
+            bool starts = piece[0] == ' ' || piece.substr(0, pt.replacement.size()) == pt.replacement;
+            if (prepend && !starts) m += pt.replacement;
+            for (char c : piece) {
+                if (c == ' ') m += pt.replacement;
+                else m.push_back(c);
+            }
+            if (!pt.split) {
+                pre_tokenize(level + 1, m, at_start, sc, ids);
+                return;
+            }
+            std::vector<std::pair<size_t, size_t>> parts;
+            size_t begin = 0, at = 0;
+            while ((at = m.find(pt.replacement, at)) != std::string::npos) {
+                if (at > begin) parts.push_back({begin, at});
+                begin = at;
+                at += pt.replacement.size();
+            }
+            if (begin < m.size()) parts.push_back({begin, m.size()});
+            for (auto [a, b] : parts) pre_tokenize(level + 1, std::string_view(m).substr(a, b - a), at_start && a == 0, sc, ids);
             return;
         }
         case PreTokenizer::Kind::ByteLevel: {
@@ -335,7 +442,7 @@ void TokenizerImpl::pre_tokenize(size_t level, std::string_view piece, Scratch& 
                 std::string m;
                 m.reserve(sub.size() * 2);
                 for (unsigned char b : sub) m += alpha.byte_to_utf8[b];
-                pre_tokenize(level + 1, m, sc, ids);
+                pre_tokenize(level + 1, m, at_start && sub.data() == p.data(), sc, ids);
             };
             if (!pt.use_regex) {
                 map_and_descend(p);
@@ -347,6 +454,156 @@ void TokenizerImpl::pre_tokenize(size_t level, std::string_view piece, Scratch& 
             return;
         }
     }
+}
+
+namespace {
+
+// "<0xNN>" -> the byte (what Rust's u8::from_str_radix(&t[3..5], 16) accepts, "+" sign included).
+int byte_token_value(std::string_view t) {
+    if (t.size() != 6 || t.substr(0, 3) != "<0x" || t[5] != '>') return -1;
+    auto hex = [](char c) {
+        if (c >= '0' && c <= '9') return c - '0';
+        if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+        if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+        return -1;
+    };
+    if (t[3] == '+') return hex(t[4]);
+    int a = hex(t[3]), b = hex(t[4]);
+    return a < 0 || b < 0 ? -1 : a * 16 + b;
+}
+
+// ByteLevel: every token's characters mapped back to bytes (a token with a character outside the
+// byte alphabet contributes its UTF-8 unchanged), all fused, then repaired like from_utf8_lossy.
+std::string byte_level_fuse(const std::vector<std::string>& tokens) {
+    const auto& alpha = byte_alphabet();
+    std::string bytes;
+    for (const auto& t : tokens) {
+        size_t start = bytes.size();
+        bool ok = true;
+        size_t i = 0;
+        while (i < t.size()) {
+            char32_t c = next_cp(t, i);
+            int b = c < 512 ? alpha.cp_to_byte[c] : -1;
+            if (b < 0) { ok = false; break; }
+            bytes.push_back(static_cast<char>(b));
+        }
+        if (!ok) {
+            bytes.resize(start);
+            bytes.append(t);
+        }
+    }
+    return repair_utf8(bytes);
+}
+
+}  // namespace
+
+std::string TokenizerImpl::run_decoders(std::vector<std::string> tokens) const {
+    std::vector<std::string> next;
+    for (const Decoder& d : decoders) {
+        switch (d.kind) {
+            case Decoder::Kind::ByteLevel: {
+                std::string one = byte_level_fuse(tokens);
+                tokens.assign(1, std::move(one));
+                break;
+            }
+            case Decoder::Kind::Fuse: {
+                std::string one;
+                for (const auto& t : tokens) one += t;
+                tokens.assign(1, std::move(one));
+                break;
+            }
+            case Decoder::Kind::Replace: {
+                std::vector<std::pair<size_t, size_t>> m;
+                for (auto& t : tokens) {
+                    d.regex.find_all(t, m);
+                    if (m.empty()) continue;
+                    std::string out;
+                    size_t last = 0;
+                    for (auto [a, b] : m) {
+                        out.append(t, last, a - last);
+                        out += d.text;
+                        last = b;
+                    }
+                    out.append(t, last, std::string::npos);
+                    t = std::move(out);
+                }
+                break;
+            }
+            case Decoder::Kind::ByteFallback: {
+                // Runs of <0xNN> tokens become their bytes when those are valid UTF-8, else one
+                // U+FFFD per byte token (HF's ByteFallback decoder).
+                next.clear();
+                std::string run;
+                size_t run_tokens = 0;
+                auto flush = [&] {
+                    if (!run_tokens) return;
+                    if (is_valid_utf8(run)) {
+                        next.push_back(run);
+                    } else {
+                        for (size_t k = 0; k < run_tokens; ++k) next.emplace_back("\xEF\xBF\xBD");
+                    }
+                    run.clear();
+                    run_tokens = 0;
+                };
+                for (auto& t : tokens) {
+                    int b = byte_token_value(t);
+                    if (b >= 0) {
+                        run.push_back(static_cast<char>(b));
+                        ++run_tokens;
+                    } else {
+                        flush();
+                        next.push_back(std::move(t));
+                    }
+                }
+                flush();
+                tokens.swap(next);
+                break;
+            }
+            case Decoder::Kind::Strip: {
+                for (auto& t : tokens) {
+                    std::vector<std::pair<size_t, char32_t>> cps;  // (byte offset, code point)
+                    size_t i = 0;
+                    while (i < t.size()) {
+                        size_t at = i;
+                        cps.push_back({at, next_cp(t, i)});
+                    }
+                    size_t start_cut = 0, stop_cut = cps.size();
+                    for (size_t k = 0; k < d.start && k < cps.size() && cps[k].second == d.strip_char; ++k) start_cut = k + 1;
+                    for (size_t k = 0; k < d.stop && k < cps.size(); ++k) {
+                        size_t index = cps.size() - k - 1;
+                        if (cps[index].second != d.strip_char) break;
+                        stop_cut = index;
+                    }
+                    if (stop_cut <= start_cut) {
+                        t.clear();
+                        continue;
+                    }
+                    size_t a = cps[start_cut].first, b = stop_cut < cps.size() ? cps[stop_cut].first : t.size();
+                    t = t.substr(a, b - a);
+                }
+                break;
+            }
+            case Decoder::Kind::Metaspace: {
+                for (size_t i = 0; i < tokens.size(); ++i) {
+                    std::string& t = tokens[i];
+                    if (t.find(d.text) == std::string::npos) continue;
+                    std::string out;
+                    size_t last = 0, at;
+                    while ((at = t.find(d.text, last)) != std::string::npos) {
+                        out.append(t, last, at - last);
+                        if (!(i == 0 && d.scheme != PrependScheme::Never)) out += ' ';
+                        last = at + d.text.size();
+                    }
+                    out.append(t, last, std::string::npos);
+                    t = std::move(out);
+                }
+                break;
+            }
+        }
+    }
+    std::string out;
+    for (const auto& t : tokens) out += t;
+    return out;
 }
 
 namespace {
@@ -468,6 +725,52 @@ void load_model(TokenizerImpl& t, const json& model, const std::string& file) {
     bpe.index_small_chars();
 }
 
+// {"String": s} or {"Regex": r} (Split, Replace): the compiled pattern and a short name for describe().
+std::pair<Regex, std::string> load_pattern(const json& pat, const std::string& where, const std::string& file) {
+    try {
+        if (pat.is_object() && pat.contains("Regex") && pat["Regex"].is_string()) {
+            std::string r = pat["Regex"].get<std::string>();
+            return {Regex(r), describe_pattern(r)};
+        }
+        if (pat.is_object() && pat.contains("String") && pat["String"].is_string()) {
+            std::string s = pat["String"].get<std::string>();
+            if (s.empty()) fail(file, "{}: empty String pattern", where);
+            return {Regex::literal(s), fmt::format("\"{}\"", s)};
+        }
+    } catch (const std::runtime_error& e) {
+        if (dynamic_cast<const Error*>(&e)) throw;
+        fail(file, "{}: bad regex: {}", where, e.what());
+    }
+    fail(file, "{}: \"pattern\" must be {{\"Regex\": ...}} or {{\"String\": ...}}", where);
+}
+
+PrependScheme load_prepend_scheme(const json& p, const std::string& where, const std::string& file) {
+    auto it = p.find("prepend_scheme");
+    if (it != p.end() && !it->is_null()) {
+        if (!it->is_string()) fail(file, "{}: \"prepend_scheme\" must be a string", where);
+        std::string v = it->get<std::string>();
+        if (v == "always") return PrependScheme::Always;
+        if (v == "first") return PrependScheme::First;
+        if (v == "never") return PrependScheme::Never;
+        fail(file, "{}: unknown prepend_scheme \"{}\"", where, v);
+    }
+    // tokenizers < 0.14 wrote add_prefix_space instead
+    return get_bool(p, "add_prefix_space", true) ? PrependScheme::Always : PrependScheme::Never;
+}
+
+std::string load_replacement(const json& p, const std::string& where, const std::string& file) {
+    auto it = p.find("replacement");
+    std::string r = it == p.end() || it->is_null() ? std::string("\xE2\x96\x81") : std::string();
+    if (r.empty()) {
+        if (!it->is_string()) fail(file, "{}: \"replacement\" must be a string", where);
+        r = it->get<std::string>();
+    }
+    size_t i = 0;
+    if (r.empty() || !is_valid_utf8(r) || (next_cp(r, i), i != r.size()))
+        fail(file, "{}: \"replacement\" must be one character", where);
+    return r;
+}
+
 void load_normalizer(TokenizerImpl& t, const json& n, const std::string& file, int depth = 0) {
     if (n.is_null()) return;
     if (depth > kMaxNesting) fail(file, "normalizer: Sequences nested more than {} deep", kMaxNesting);
@@ -480,14 +783,44 @@ void load_normalizer(TokenizerImpl& t, const json& n, const std::string& file, i
     }
     static const std::pair<const char*, NormForm> forms[] = {
         {"NFC", NormForm::NFC}, {"NFKC", NormForm::NFKC}, {"NFD", NormForm::NFD}, {"NFKD", NormForm::NFKD}};
+    if (t.normalizers.size() >= static_cast<size_t>(kMaxNesting))
+        fail(file, "normalizer: more than {} normalizers", kMaxNesting);
     for (auto& [name, form] : forms) {
         if (type == name) {
-            t.normalizers.push_back(form);
+            Normalizer nz;
+            nz.kind = Normalizer::Kind::Form;
+            nz.form = form;
+            t.normalizers.push_back(std::move(nz));
             t.normalizer_names.emplace_back(name);
             return;
         }
     }
-    fail(file, "normalizer \"{}\" is not supported (supported: NFC, NFKC, NFD, NFKD, Sequence)", type);
+    Normalizer nz;
+    if (type == "Replace") {
+        nz.kind = Normalizer::Kind::Replace;
+        auto [regex, name] = load_pattern(need(n, "pattern", "normalizer Replace", file), "normalizer Replace", file);
+        nz.regex = std::move(regex);
+        const json& c = need(n, "content", "normalizer Replace", file);
+        if (!c.is_string()) fail(file, "normalizer Replace: \"content\" must be a string");
+        nz.text = c.get<std::string>();
+        t.normalizer_names.push_back(fmt::format("replace({}->\"{}\")", name, nz.text));
+    } else if (type == "Prepend") {
+        nz.kind = Normalizer::Kind::Prepend;
+        const json& c = need(n, "prepend", "normalizer Prepend", file);
+        if (!c.is_string()) fail(file, "normalizer Prepend: \"prepend\" must be a string");
+        nz.text = c.get<std::string>();
+        t.normalizer_names.push_back(fmt::format("prepend(\"{}\")", nz.text));
+    } else if (type == "Strip") {
+        nz.kind = Normalizer::Kind::Strip;
+        nz.left = get_bool(n, "strip_left", true);
+        nz.right = get_bool(n, "strip_right", true);
+        t.normalizer_names.emplace_back("strip");
+    } else {
+        fail(file, "normalizer \"{}\" is not supported (supported: NFC, NFKC, NFD, NFKD, Replace, Prepend, Strip, Sequence)",
+             type);
+    }
+    if (!is_valid_utf8(nz.text)) fail(file, "normalizer {}: text is not valid UTF-8", type);
+    t.normalizers.push_back(std::move(nz));
 }
 
 SplitBehavior parse_behavior(const json& b, const std::string& file) {
@@ -515,22 +848,9 @@ void load_pre_tokenizer(TokenizerImpl& t, const json& p, const std::string& file
     if (type == "Split") {
         pt.kind = PreTokenizer::Kind::Split;
         const json& pat = need(p, "pattern", "pre_tokenizer Split", file);
-        try {
-            if (pat.is_object() && pat.contains("Regex") && pat["Regex"].is_string()) {
-                std::string r = pat["Regex"].get<std::string>();
-                pt.regex = Regex(r);
-                pt.name = describe_pattern(r);
-            } else if (pat.is_object() && pat.contains("String") && pat["String"].is_string()) {
-                std::string s = pat["String"].get<std::string>();
-                pt.regex = Regex::literal(s);
-                pt.name = fmt::format("split(\"{}\")", s);
-            } else {
-                fail(file, "pre_tokenizer Split: \"pattern\" must be {{\"Regex\": ...}} or {{\"String\": ...}}");
-            }
-        } catch (const std::runtime_error& e) {
-            if (dynamic_cast<const Error*>(&e)) throw;
-            fail(file, "pre_tokenizer Split: bad regex: {}", e.what());
-        }
+        auto [regex, name] = load_pattern(pat, "pre_tokenizer Split", file);
+        pt.regex = std::move(regex);
+        pt.name = pat.contains("String") ? "split(" + name + ")" : name;
         pt.behavior = parse_behavior(need(p, "behavior", "pre_tokenizer Split", file), file);
         pt.invert = get_bool(p, "invert", false);
     } else if (type == "ByteLevel") {
@@ -544,8 +864,17 @@ void load_pre_tokenizer(TokenizerImpl& t, const json& p, const std::string& file
         pt.kind = PreTokenizer::Kind::Digits;
         pt.individual_digits = get_bool(p, "individual_digits", false);
         pt.name = pt.individual_digits ? "digits(individual)" : "digits";
+    } else if (type == "Metaspace") {
+        pt.kind = PreTokenizer::Kind::Metaspace;
+        pt.replacement = load_replacement(p, "pre_tokenizer Metaspace", file);
+        pt.scheme = load_prepend_scheme(p, "pre_tokenizer Metaspace", file);
+        pt.split = get_bool(p, "split", true);
+        pt.name = fmt::format("metaspace({}{})",
+                              pt.scheme == PrependScheme::Always ? "always" : pt.scheme == PrependScheme::First ? "first" : "never",
+                              pt.split ? ",split" : "");
     } else {
-        fail(file, "pre_tokenizer \"{}\" is not supported (supported: Split, ByteLevel, Digits, Sequence)", type);
+        fail(file, "pre_tokenizer \"{}\" is not supported (supported: Split, ByteLevel, Digits, Metaspace, Sequence)",
+             type);
     }
     if (t.pre_tokenizers.size() >= static_cast<size_t>(kMaxNesting))
         fail(file, "pre_tokenizer: more than {} pre-tokenizers", kMaxNesting);
@@ -610,9 +939,67 @@ void load_decoder(TokenizerImpl& t, const json& d, const std::string& file, int 
         t.has_decoder = true;
         return;
     }
-    if (type != "ByteLevel") fail(file, "decoder \"{}\" is not supported (supported: ByteLevel, Sequence)", type);
+    if (t.decoders.size() >= static_cast<size_t>(kMaxNesting)) fail(file, "decoder: more than {} decoders", kMaxNesting);
+    Decoder dec;
+    if (type == "ByteLevel") {
+        dec.kind = Decoder::Kind::ByteLevel;
+    } else if (type == "Replace") {
+        dec.kind = Decoder::Kind::Replace;
+        dec.regex = load_pattern(need(d, "pattern", "decoder Replace", file), "decoder Replace", file).first;
+        const json& c = need(d, "content", "decoder Replace", file);
+        if (!c.is_string() || !is_valid_utf8(c.get<std::string>()))
+            fail(file, "decoder Replace: \"content\" must be a UTF-8 string");
+        dec.text = c.get<std::string>();
+    } else if (type == "ByteFallback") {
+        dec.kind = Decoder::Kind::ByteFallback;
+    } else if (type == "Fuse") {
+        dec.kind = Decoder::Kind::Fuse;
+    } else if (type == "Strip") {
+        dec.kind = Decoder::Kind::Strip;
+        const json& c = need(d, "content", "decoder Strip", file);
+        std::string cs = c.is_string() ? c.get<std::string>() : std::string();
+        size_t i = 0;
+        if (cs.empty() || !is_valid_utf8(cs) || (next_cp(cs, i), i != cs.size()))
+            fail(file, "decoder Strip: \"content\" must be one character");
+        i = 0;
+        dec.strip_char = next_cp(cs, i);
+        auto count = [&](const char* key) -> size_t {
+            const json& v = need(d, key, "decoder Strip", file);
+            if (!v.is_number_unsigned()) fail(file, "decoder Strip: \"{}\" must be a non-negative integer", key);
+            return static_cast<size_t>(std::min<uint64_t>(v.get<uint64_t>(), 1u << 20));
+        };
+        dec.start = count("start");
+        dec.stop = count("stop");
+    } else if (type == "Metaspace") {
+        dec.kind = Decoder::Kind::Metaspace;
+        dec.text = load_replacement(d, "decoder Metaspace", file);
+        dec.scheme = load_prepend_scheme(d, "decoder Metaspace", file);
+    } else {
+        fail(file, "decoder \"{}\" is not supported (supported: ByteLevel, Replace, ByteFallback, Fuse, Strip, Metaspace, "
+                   "Sequence)", type);
+    }
     t.has_decoder = true;
-    ++t.decoder_byte_level_steps;
+    t.decoders.push_back(std::move(dec));
+}
+
+void register_added(TokenizerImpl& t, AddedToken tok) {
+    const int32_t id = tok.id;
+    t.added_by_content[tok.content] = id;
+    if (tok.special) t.special_contents.insert(tok.content);
+    if (auto it = t.added_by_id.find(id); it != t.added_by_id.end()) {
+        t.added[it->second] = std::move(tok);  // same id again: the later definition wins
+    } else {
+        t.added_by_id[id] = t.added.size();
+        t.added.push_back(std::move(tok));
+    }
+    t.max_id = std::max(t.max_id, id);
+}
+
+void build_added_tries(TokenizerImpl& t) {
+    for (size_t i = 0; i < t.added.size(); ++i) {
+        const AddedToken& tok = t.added[i];
+        (tok.normalized ? t.normalized_trie : t.raw_trie).add(tok.pattern, static_cast<int32_t>(i));
+    }
 }
 
 void load_added_tokens(TokenizerImpl& t, const json& list, const std::string& file) {
@@ -645,20 +1032,9 @@ void load_added_tokens(TokenizerImpl& t, const json& list, const std::string& fi
         }
         if (id > kMaxId) fail(file, "added_tokens: too many tokens");
         tok.id = id;
-        t.added_by_content[tok.content] = id;
-        if (tok.special) t.special_contents.insert(tok.content);
-        if (auto it = t.added_by_id.find(id); it != t.added_by_id.end()) {
-            t.added[it->second] = tok;  // same id again: the later definition wins
-        } else {
-            t.added_by_id[id] = t.added.size();
-            t.added.push_back(tok);
-        }
-        t.max_id = std::max(t.max_id, id);
+        register_added(t, std::move(tok));
     }
-    for (size_t i = 0; i < t.added.size(); ++i) {
-        const AddedToken& tok = t.added[i];
-        (tok.normalized ? t.normalized_trie : t.raw_trie).add(tok.pattern, static_cast<int32_t>(i));
-    }
+    build_added_tries(t);
 }
 
 std::optional<std::string> config_token(const json& cfg, const char* key, const std::string& file) {
@@ -733,7 +1109,78 @@ Tokenizer Tokenizer::from_json_text_files(std::string_view tokenizer_json, std::
         t.bos_id = resolve("bos_token");
         t.eos_id = resolve("eos_token");
         t.pad_id = resolve("pad_token");
+        if (auto it = cfg.find("chat_template"); it != cfg.end() && it->is_string()) t.chat_template = it->get<std::string>();
     }
+    return t;
+}
+
+Tokenizer tok::build_spm_tokenizer(const tok::SpmSpec& spec) {
+    using namespace tok;
+    auto impl = std::make_shared<TokenizerImpl>();
+    impl->source = spec.source;
+    impl->spm = std::make_shared<const SpmModel>(spec.model_bytes, spec.source);
+    impl->spm_prefix = spec.prefix;
+    impl->spm_kind = spec.kind;
+    const SpmModelProto& proto = impl->spm->proto();
+    const auto n = static_cast<int32_t>(proto.pieces.size());
+    if (n > kMaxId) fail(spec.source, "{} pieces: too many", n);
+    Bpe& v = impl->bpe;
+    v.vocab.reserve(proto.pieces.size());
+    for (int32_t i = 0; i < n; ++i) v.vocab.emplace(proto.pieces[static_cast<size_t>(i)].piece, i);
+    v.id_to_token.assign(static_cast<size_t>(n), std::string_view{});
+    for (const auto& [piece, id] : v.vocab) v.id_to_token[static_cast<size_t>(id)] = piece;
+    impl->max_id = n - 1;
+    for (const auto& a : spec.added) {
+        if (a.id < 0 || a.id > kMaxId) fail(spec.source, "added token \"{}\": id {} out of range", a.content, a.id);
+        if (a.content.empty() || !is_valid_utf8(a.content)) fail(spec.source, "added token {}: empty or not UTF-8", a.id);
+        AddedToken tok;
+        tok.content = tok.pattern = a.content;
+        tok.id = a.id;
+        tok.special = a.special;
+        tok.lstrip = a.lstrip;
+        tok.rstrip = a.rstrip;
+        tok.single_word = a.single_word;
+        register_added(*impl, std::move(tok));
+    }
+    build_added_tries(*impl);
+    // HF's decoder chain for SentencePiece-style tokenizers.
+    Decoder rep;
+    rep.kind = Decoder::Kind::Replace;
+    rep.regex = Regex::literal("\xE2\x96\x81");
+    rep.text = " ";
+    impl->decoders.push_back(std::move(rep));
+    if (proto.byte_fallback) {
+        Decoder bf;
+        bf.kind = Decoder::Kind::ByteFallback;
+        impl->decoders.push_back(std::move(bf));
+    }
+    Decoder fuse;
+    fuse.kind = Decoder::Kind::Fuse;
+    impl->decoders.push_back(std::move(fuse));
+    if (spec.prefix != SpmPrefix::None) {
+        Decoder strip;
+        strip.kind = Decoder::Kind::Strip;
+        strip.strip_char = ' ';
+        strip.start = 1;
+        impl->decoders.push_back(std::move(strip));
+    }
+    impl->has_decoder = true;
+    auto in_range = [&](std::optional<int32_t> id) {
+        return id && *id >= 0 && (*id < n || impl->added_by_id.count(*id));
+    };
+    if ((spec.add_bos && in_range(spec.bos_id)) || (spec.add_eos && in_range(spec.eos_id))) {
+        std::vector<TemplateItem> tmpl;
+        if (spec.add_bos && in_range(spec.bos_id)) tmpl.push_back({false, {*spec.bos_id}});
+        tmpl.push_back({true, {}});
+        if (spec.add_eos && in_range(spec.eos_id)) tmpl.push_back({false, {*spec.eos_id}});
+        impl->templates.push_back(std::move(tmpl));
+    }
+    Tokenizer t;
+    t.impl_ = impl;
+    if (in_range(spec.bos_id)) t.bos_id = spec.bos_id;
+    if (in_range(spec.eos_id)) t.eos_id = spec.eos_id;
+    if (in_range(spec.pad_id)) t.pad_id = spec.pad_id;
+    t.chat_template = spec.chat_template;
     return t;
 }
 
@@ -749,9 +1196,128 @@ Tokenizer Tokenizer::load_dir(const std::filesystem::path& dir) {
     std::error_code ec;
     if (!std::filesystem::is_directory(dir, ec)) fail(dir.string(), "not a directory");
     auto tj = dir / "tokenizer.json";
-    if (!std::filesystem::exists(tj, ec)) fail(tj.string(), "missing");
     auto cfg = dir / "tokenizer_config.json";
-    return load_json(tj, std::filesystem::exists(cfg, ec) ? cfg : std::filesystem::path{});
+    auto cfg_path = std::filesystem::exists(cfg, ec) ? cfg : std::filesystem::path{};
+    if (std::filesystem::exists(tj, ec)) return load_json(tj, cfg_path);
+    auto model = dir / "tokenizer.model";
+    if (std::filesystem::exists(model, ec)) return load_spm(model, cfg_path);
+    fail(tj.string(), "missing (and no tokenizer.model)");
+}
+
+Tokenizer Tokenizer::load_spm(const std::filesystem::path& tokenizer_model,
+                              const std::filesystem::path& tokenizer_config) {
+    std::error_code ec;
+    if (!std::filesystem::exists(tokenizer_model, ec)) fail(tokenizer_model.string(), "missing");
+    if (std::filesystem::is_directory(tokenizer_model, ec)) fail(tokenizer_model.string(), "is a directory, expected a SentencePiece model");
+    const std::string file = tokenizer_model.string(), config_file = tokenizer_config.string();
+    tok::SpmSpec spec;
+    {
+        std::ifstream f(tokenizer_model, std::ios::binary);
+        if (!f) fail(file, "cannot open");
+        std::ostringstream ss;
+        ss << f.rdbuf();
+        if (f.bad()) fail(file, "read error");
+        spec.model_bytes = ss.str();
+    }
+    spec.source = file;
+    spec.kind = "tokenizer.model";
+    tok::SpmModelProto proto;
+    try {
+        proto = tok::parse_spm_model(spec.model_bytes);
+    } catch (const std::runtime_error& e) {
+        fail(file, "not a SentencePiece model: {}", e.what());
+    }
+    const auto n = static_cast<int32_t>(proto.pieces.size());
+    if (n == 0) fail(file, "not a SentencePiece model: no pieces");
+    tok::StringMap<int32_t> piece_ids;
+    piece_ids.reserve(proto.pieces.size());
+    for (int32_t i = 0; i < n; ++i) piece_ids.emplace(proto.pieces[static_cast<size_t>(i)].piece, i);
+
+    try {
+        json cfg = json::object();
+        if (!tokenizer_config.empty()) {
+            std::string text = tok::read_file(tokenizer_config);
+            try {
+                cfg = json::parse(text);
+            } catch (const json::exception& e) {
+                fail(config_file, "not valid JSON: {}", e.what());
+            }
+            if (!cfg.is_object()) fail(config_file, "expected a JSON object at top level");
+        }
+        auto cfg_bool = [&](const char* key) -> std::optional<bool> {
+            auto it = cfg.find(key);
+            if (it == cfg.end() || it->is_null()) return std::nullopt;
+            if (!it->is_boolean()) fail(config_file, "\"{}\" must be true or false", key);
+            return it->get<bool>();
+        };
+        spec.add_bos = cfg_bool("add_bos_token").value_or(false);
+        spec.add_eos = cfg_bool("add_eos_token").value_or(false);
+
+        // The dummy prefix is SentencePiece's own, added to every stretch of text between added tokens
+    // (as HF's slow tokenizer does; HF's fast LlamaTokenizer adds it only at the start of the input).
+    spec.prefix = proto.add_dummy_prefix ? tok::SpmPrefix::Native : tok::SpmPrefix::None;
+    // Added tokens: control and unknown pieces (special), user-defined pieces (not special), then
+        // tokenizer_config.json's added_tokens_decoder.
+        for (int32_t i = 0; i < n; ++i) {
+            const auto& p = proto.pieces[static_cast<size_t>(i)];
+            if (p.type == tok::SpmPieceType::Control || p.type == tok::SpmPieceType::Unknown ||
+                p.type == tok::SpmPieceType::UserDefined)
+                spec.added.push_back({i, p.piece, p.type != tok::SpmPieceType::UserDefined});
+        }
+        if (auto it = cfg.find("added_tokens_decoder"); it != cfg.end() && !it->is_null()) {
+            if (!it->is_object()) fail(config_file, "\"added_tokens_decoder\" must be an object");
+            for (auto& [key, val] : it->items()) {
+                int64_t id = -1;
+                try {
+                    size_t used = 0;
+                    id = std::stoll(key, &used);
+                    if (used != key.size()) id = -1;
+                } catch (const std::exception&) {
+                    id = -1;
+                }
+                if (id < 0 || id > tok::kMaxId) fail(config_file, "added_tokens_decoder: \"{}\" is not a token id", key);
+                if (!val.is_object() || !val.contains("content") || !val["content"].is_string())
+                    fail(config_file, "added_tokens_decoder[\"{}\"]: expected an object with \"content\"", key);
+                tok::SpmSpec::Added a;
+                a.content = val["content"].get<std::string>();
+                if (a.content.empty()) continue;
+                if (!tok::is_valid_utf8(a.content)) fail(config_file, "added_tokens_decoder[\"{}\"]: not valid UTF-8", key);
+                a.id = static_cast<int32_t>(id);
+                if (auto p = piece_ids.find(a.content); p != piece_ids.end()) a.id = p->second;  // a piece keeps its id
+                a.special = tok::get_bool(val, "special", false);
+                a.lstrip = tok::get_bool(val, "lstrip", false);
+                a.rstrip = tok::get_bool(val, "rstrip", false);
+                a.single_word = tok::get_bool(val, "single_word", false);
+                spec.added.push_back(std::move(a));
+            }
+        }
+        if (auto it = cfg.find("chat_template"); it != cfg.end() && it->is_string()) spec.chat_template = it->get<std::string>();
+
+        // bos/eos/pad: the config's names, else the model's trainer_spec ids.
+        auto piece_id = [&](const std::string& name) -> std::optional<int32_t> {
+            for (const auto& a : spec.added)
+                if (a.content == name) return a.id;
+            if (auto p = piece_ids.find(name); p != piece_ids.end()) return p->second;
+            return std::nullopt;
+        };
+        auto resolve = [&](const char* key, int32_t proto_id) -> std::optional<int32_t> {
+            if (cfg.contains(key)) {
+                auto name = tok::config_token(cfg, key, config_file);
+                if (!name) return std::nullopt;
+                auto id = piece_id(*name);
+                if (!id) fail(config_file, "{} \"{}\" is not a token of {}", key, *name, file);
+                return id;
+            }
+            if (proto_id >= 0 && proto_id < n) return proto_id;
+            return std::nullopt;
+        };
+        spec.bos_id = resolve("bos_token", proto.bos_id);
+        spec.eos_id = resolve("eos_token", proto.eos_id);
+        spec.pad_id = resolve("pad_token", proto.pad_id);
+    } catch (const json::exception& e) {
+        fail(config_file, "malformed tokenizer_config.json: {}", e.what());
+    }
+    return tok::build_spm_tokenizer(spec);
 }
 
 std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special) const {
@@ -764,7 +1330,10 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special) 
     std::vector<std::pair<std::string, int32_t>> raw_parts, norm_parts;
     im.split_added(clean, im.raw_trie, raw_parts);
     try {
+        bool first_raw = true;
         for (auto& [part, id] : raw_parts) {
+            bool raw_at_start = first_raw;
+            first_raw = false;
             if (id >= 0) {
                 ids.push_back(id);
                 continue;
@@ -773,9 +1342,12 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special) 
             std::string normalized = im.normalizers.empty() ? std::move(part) : im.normalize_text(part);
             norm_parts.clear();
             im.split_added(normalized, im.normalized_trie, norm_parts);
+            bool first_norm = true;
             for (auto& [np, nid] : norm_parts) {
+                bool at_start = raw_at_start && first_norm;
+                first_norm = false;
                 if (nid >= 0) ids.push_back(nid);
-                else im.pre_tokenize(0, np, sc, ids);  // 4. pre-tokenize + BPE
+                else im.pre_tokenize(0, np, at_start, sc, ids);  // 4. pre-tokenize + BPE / SentencePiece
             }
         }
     } catch (const std::runtime_error& e) {
@@ -798,7 +1370,7 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special) 
 
 std::string Tokenizer::decode(std::span<const int32_t> ids, bool skip_special) const {
     const tok::TokenizerImpl& im = impl();
-    std::vector<std::string_view> tokens;
+    std::vector<std::string> tokens;
     tokens.reserve(ids.size());
     for (int32_t id : ids) {
         std::string_view s;
@@ -810,7 +1382,7 @@ std::string Tokenizer::decode(std::span<const int32_t> ids, bool skip_special) c
             continue;  // unknown id: HF skips it
         }
         if (skip_special && im.special_contents.find(s) != im.special_contents.end()) continue;
-        tokens.push_back(s);
+        tokens.emplace_back(s);
     }
     if (!im.has_decoder) {
         std::string out;
@@ -820,44 +1392,7 @@ std::string Tokenizer::decode(std::span<const int32_t> ids, bool skip_special) c
         }
         return out;
     }
-    std::string text;
-    for (auto t : tokens) text += t;
-    if (im.decoder_byte_level_steps == 0) return text;
-    const auto& alpha = tok::byte_alphabet();
-    // First ByteLevel step works token by token: a token with any character outside the byte
-    // alphabet (e.g. an added token containing a space) contributes its UTF-8 bytes unchanged.
-    std::string bytes;
-    bytes.reserve(text.size());
-    for (auto t : tokens) {
-        size_t start = bytes.size();
-        bool ok = true;
-        size_t i = 0;
-        while (i < t.size()) {
-            char32_t c = tok::next_cp(t, i);
-            int b = c < 512 ? alpha.cp_to_byte[c] : -1;
-            if (b < 0) { ok = false; break; }
-            bytes.push_back(static_cast<char>(b));
-        }
-        if (!ok) {
-            bytes.resize(start);
-            bytes.append(t);
-        }
-    }
-    std::string out = tok::repair_utf8(bytes);
-    // Further ByteLevel steps see one token: the text so far.
-    for (int step = 1; step < im.decoder_byte_level_steps; ++step) {
-        std::string again;
-        bool ok = true;
-        size_t i = 0;
-        while (i < out.size()) {
-            char32_t c = tok::next_cp(out, i);
-            int b = c < 512 ? alpha.cp_to_byte[c] : -1;
-            if (b < 0) { ok = false; break; }
-            again.push_back(static_cast<char>(b));
-        }
-        if (ok) out = tok::repair_utf8(again);
-    }
-    return out;
+    return im.run_decoders(std::move(tokens));
 }
 
 std::string Tokenizer::token_text(int32_t id) const {
@@ -894,6 +1429,17 @@ bool Tokenizer::is_special(int32_t id) const {
 
 std::string Tokenizer::describe() const {
     const tok::TokenizerImpl& im = impl();
+    if (im.spm) {
+        const auto& p = im.spm->proto();
+        std::string s = fmt::format("SentencePiece {}{} ({}), {} pieces + {} added, {}",
+                                    tok::spm_model_type_name(p.model_type), p.byte_fallback ? " with byte fallback" : "",
+                                    im.spm_kind, p.pieces.size(), im.added.size(),
+                                    im.spm_prefix == tok::SpmPrefix::None ? "no dummy prefix" : "dummy prefix");
+        for (const auto& tmpl : im.templates)
+            for (const auto& item : tmpl)
+                for (int32_t id : item.ids) s += fmt::format(", adds {}", token_text(id));
+        return s;
+    }
     std::string pre;
     for (const auto& p : im.pre_tokenizers) {
         if (p.name.empty()) continue;
