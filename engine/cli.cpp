@@ -213,7 +213,9 @@ std::vector<std::vector<int32_t>> encode_records(const Model& m, const Args& a, 
         chat_fmt = parse_chat_format(a.get_or("--chat", "auto"));
     }
     std::vector<std::vector<int32_t>> ids;
-    const std::string tmpl = read_chat_template(m.path);
+    // HF folders: chat_template.jinja or tokenizer_config.json; GGUF: tokenizer.chat_template.
+    const std::string tmpl = std::filesystem::is_directory(m.path) ? read_chat_template(m.path)
+                                                                   : m.tokenizer.chat_template.value_or("");
     for (const auto& r : recs) {
         bool use_chat = r.chat.value_or(chat_default);
         ChatFormat f = ChatFormat::None;

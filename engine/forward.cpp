@@ -84,7 +84,7 @@ std::vector<float> forward(const Model& m, RunState& st, std::span<const SeqInpu
     const int ns = int(seqs.size());
     auto bias = [](const std::vector<float>& b) { return b.empty() ? nullptr : b.data(); };
 
-    ops.embed(st.x.data(), w.embed.data(), st.token.data(), n, d);
+    ops.embed(st.x.data(), w.embed.data(), st.token.data(), n, d, c.embed_scale);  // Gemma: × sqrt(d)
     hook(Site::Embed, -1, st.x.data(), n, d, rs, rp);
 
     std::vector<const float*> k_base(seqs.size()), v_base(seqs.size());
@@ -93,6 +93,7 @@ std::vector<float> forward(const Model& m, RunState& st, std::span<const SeqInpu
         hook(Site::ResidPre, L, st.x.data(), n, d, rs, rp);
 
         // attention: norm → fused qkv GEMM → (q/k norm) → RoPE → cache append → attend → o_proj
+        // (→ Gemma 2/3 post-attention norm)
         ops.rmsnorm(st.h.data(), st.x.data(), lw.attn_norm.data(), n, d, c.norm_eps);
         ops.matmul_wt(st.qkv.data(), st.h.data(), lw.wqkv.data(), bias(lw.bqkv), n, qkv_w, d);
         if (c.qk_norm) {
@@ -114,17 +115,21 @@ std::vector<float> forward(const Model& m, RunState& st, std::span<const SeqInpu
         }
         ops.attention(st.attn.data(), st.qkv.data(), qkv_w, ns, st.seg_row0.data(), st.seg_len.data(),
                       st.seg_pos0.data(), k_base.data(), v_base.data(), kvd, c.n_heads, c.n_kv_heads, hd, c.attn_scale,
-                      c.layer_window[size_t(L)], 0.0f);
+                      c.layer_window[size_t(L)], c.attn_softcap);
         ops.matmul_wt(st.proj.data(), st.attn.data(), lw.wo.data(), bias(lw.bo), n, d, qd);
+        if (!lw.post_attn_norm.empty())
+            ops.rmsnorm(st.proj.data(), st.proj.data(), lw.post_attn_norm.data(), n, d, c.norm_eps);
         hook(Site::AttnOut, L, st.proj.data(), n, d, rs, rp);
         ops.add(st.x.data(), st.proj.data(), int64_t(n) * d);
         hook(Site::ResidMid, L, st.x.data(), n, d, rs, rp);
 
-        // MLP: norm → fused gate/up GEMM → silu(gate)·up → down
+        // MLP: norm → fused gate/up GEMM → act(gate)·up → down (→ Gemma 2/3 post-feedforward norm)
         ops.rmsnorm(st.h.data(), st.x.data(), lw.mlp_norm.data(), n, d, c.norm_eps);
         ops.matmul_wt(st.gate_up.data(), st.h.data(), lw.w_gate_up.data(), bias(lw.b_gate_up), n, 2 * I, d);
-        ops.silu_mul(st.mlp.data(), st.gate_up.data(), n, I);
+        ops.gated_act(c.act, st.mlp.data(), st.gate_up.data(), n, I);
         ops.matmul_wt(st.proj.data(), st.mlp.data(), lw.w_down.data(), bias(lw.b_down), n, d, I);
+        if (!lw.post_mlp_norm.empty())
+            ops.rmsnorm(st.proj.data(), st.proj.data(), lw.post_mlp_norm.data(), n, d, c.norm_eps);
         hook(Site::MlpOut, L, st.proj.data(), n, d, rs, rp);
         ops.add(st.x.data(), st.proj.data(), int64_t(n) * d);
         hook(Site::ResidPost, L, st.x.data(), n, d, rs, rp);
@@ -149,6 +154,7 @@ std::vector<float> forward(const Model& m, RunState& st, std::span<const SeqInpu
     }
     std::vector<float> logits(size_t(nl) * size_t(c.vocab_size));
     ops.matmul_wt(logits.data(), st.h.data(), w.output().data(), nullptr, nl, c.vocab_size, d);
+    if (c.final_softcap > 0) ops.softcap(logits.data(), int64_t(nl) * c.vocab_size, c.final_softcap);  // Gemma 2
     hook(Site::Logits, -1, logits.data(), nl, c.vocab_size, lseq.data(), lpos.data());
     return logits;
 }

@@ -8,15 +8,16 @@
 
 namespace stitch {
 
-std::vector<float> rope_inv_freq(const ModelConfig& c) {
-    const int half = c.head_dim / 2;
+std::vector<float> rope_inv_freq(const ModelConfig& c) { return rope_inv_freq(c.rope, c.head_dim); }
+
+std::vector<float> rope_inv_freq(const RopeConfig& r, int head_dim) {
+    const int half = head_dim / 2;
     std::vector<float> f(static_cast<size_t>(half));
     for (int i = 0; i < half; ++i) {
         // HF: 1 / base^(arange(0, dim, 2) / dim), in float32.
-        float expo = float(2 * i) / float(c.head_dim);
-        f[size_t(i)] = 1.0f / float(std::pow(c.rope.theta, double(expo)));
+        float expo = float(2 * i) / float(head_dim);
+        f[size_t(i)] = 1.0f / float(std::pow(r.theta, double(expo)));
     }
-    const auto& r = c.rope;
     if (r.type == RopeType::Linear) {
         for (auto& x : f) x = float(x / r.factor);
     } else if (r.type == RopeType::Llama3) {
@@ -57,6 +58,14 @@ struct Loader {
     std::vector<float> get_if(bool wanted, const std::string& name, std::vector<int64_t> shape) const {
         return wanted ? get(name, std::move(shape)) : std::vector<float>{};
     }
+    // An RMSNorm weight; Gemma's (1 + w) has its +1 folded in here, in float32 as HF computes
+    // `1.0 + weight.float()`, so the forward pass multiplies by the stored vector for every family.
+    std::vector<float> norm(const std::string& name, int64_t dim) const {
+        auto w = get(name, {dim});
+        if (c.norm_plus_one)
+            for (float& x : w) x = 1.0f + x;
+        return w;
+    }
 };
 
 template <typename... V>
@@ -70,8 +79,7 @@ std::vector<float> concat(V&&... parts) {
 
 Model load_model(const std::filesystem::path& path) {
     if (!std::filesystem::exists(path)) fail(path.string(), "no such file or folder");
-    if (!std::filesystem::is_directory(path))
-        fail(path.string(), "not an HF model folder (GGUF files are not supported yet)");
+    if (!std::filesystem::is_directory(path)) return load_gguf_model(path);
     Model m;
     m.path = path.string();
     m.config = load_hf_config(path);
@@ -83,15 +91,16 @@ Model load_model(const std::filesystem::path& path) {
              m.tokenizer.vocab_size(), c.vocab_size);
     WeightFiles files(path);
     m.weight_dtypes = files.dtype_summary();
+    const HfWeightNames names = hf_weight_names(files);
     Loader ld{files, c};
     const int64_t d = c.hidden, q = c.q_dim(), kv = c.kv_dim(), I = c.intermediate, V = c.vocab_size;
     Weights& w = m.weights;
-    w.embed = ld.get(hf_names::embed, {V, d});
+    w.embed = ld.get(names.embed(), {V, d});
     w.layers.resize(size_t(c.n_layers));
     for (int L = 0; L < c.n_layers; ++L) {
-        auto n = [&](const char* s) { return hf_names::layer(L, s); };
+        auto n = [&](const char* s) { return names.layer(L, s); };
         LayerWeights& lw = w.layers[size_t(L)];
-        lw.attn_norm = ld.get(n("input_layernorm.weight"), {d});
+        lw.attn_norm = ld.norm(n("input_layernorm.weight"), d);
         lw.wqkv = concat(ld.get(n("self_attn.q_proj.weight"), {q, d}), ld.get(n("self_attn.k_proj.weight"), {kv, d}),
                          ld.get(n("self_attn.v_proj.weight"), {kv, d}));
         if (c.qkv_bias)
@@ -99,20 +108,33 @@ Model load_model(const std::filesystem::path& path) {
                              ld.get(n("self_attn.v_proj.bias"), {kv}));
         lw.wo = ld.get(n("self_attn.o_proj.weight"), {d, q});
         lw.bo = ld.get_if(c.o_bias, n("self_attn.o_proj.bias"), {d});
-        lw.q_norm = ld.get_if(c.qk_norm, n("self_attn.q_norm.weight"), {c.head_dim});
-        lw.k_norm = ld.get_if(c.qk_norm, n("self_attn.k_norm.weight"), {c.head_dim});
-        lw.mlp_norm = ld.get(n("post_attention_layernorm.weight"), {d});
+        if (c.qk_norm) {
+            lw.q_norm = ld.norm(n("self_attn.q_norm.weight"), c.head_dim);
+            lw.k_norm = ld.norm(n("self_attn.k_norm.weight"), c.head_dim);
+        }
+        if (c.post_norms) {
+            // Gemma 2/3: post_attention_layernorm normalises the attention OUTPUT; the MLP's input
+            // norm is pre_feedforward_layernorm. (Llama's post_attention_layernorm is the MLP's input norm.)
+            lw.post_attn_norm = ld.norm(n("post_attention_layernorm.weight"), d);
+            lw.mlp_norm = ld.norm(n("pre_feedforward_layernorm.weight"), d);
+            lw.post_mlp_norm = ld.norm(n("post_feedforward_layernorm.weight"), d);
+        } else {
+            lw.mlp_norm = ld.norm(n("post_attention_layernorm.weight"), d);
+        }
         lw.w_gate_up = concat(ld.get(n("mlp.gate_proj.weight"), {I, d}), ld.get(n("mlp.up_proj.weight"), {I, d}));
         if (c.mlp_bias)
             lw.b_gate_up = concat(ld.get(n("mlp.gate_proj.bias"), {I}), ld.get(n("mlp.up_proj.bias"), {I}));
         lw.w_down = ld.get(n("mlp.down_proj.weight"), {d, I});
         lw.b_down = ld.get_if(c.mlp_bias, n("mlp.down_proj.bias"), {d});
     }
-    w.final_norm = ld.get(hf_names::final_norm, {d});
-    if (!c.tied_embeddings) w.lm_head = ld.get(hf_names::lm_head, {V, d});
+    w.final_norm = ld.norm(names.final_norm(), d);
+    if (!c.tied_embeddings) w.lm_head = ld.get(names.lm_head, {V, d});
 
-    auto f = rope_inv_freq(c);
-    m.inv_freq.assign(size_t(c.n_layers), f);
+    // Per layer: Gemma 3's sliding-window layers have a RoPE of their own (base 1e4, unscaled).
+    const auto global = rope_inv_freq(c.rope, c.head_dim);
+    const auto local = c.has_rope_local ? rope_inv_freq(c.rope_local, c.head_dim) : global;
+    m.inv_freq.resize(size_t(c.n_layers));
+    for (int L = 0; L < c.n_layers; ++L) m.inv_freq[size_t(L)] = &c.rope_of(L) == &c.rope ? global : local;
     return m;
 }
 

@@ -45,10 +45,15 @@ struct Model {
     std::vector<std::vector<float>> inv_freq;  // per layer: RoPE inverse frequencies [head_dim/2]
 };
 
-// Loads an HF model folder (config.json, *.safetensors, tokenizer.json). Throws stitch::Error.
+// Loads an HF model folder (config.json, *.safetensors, tokenizer.json|tokenizer.model) or a
+// GGUF file (weights dequantized to float32, tokenizer rebuilt from its vocabulary).
+// Throws stitch::Error naming the file.
 Model load_model(const std::filesystem::path& path);
+Model load_gguf_model(const std::filesystem::path& path);
 
-// RoPE inverse frequencies for a config (HF's formula, including llama3/linear scaling).
+// RoPE inverse frequencies [head_dim/2] (HF's formula, including llama3/linear scaling): of the
+// config's global RoPE, or of any RopeConfig (Gemma 3's local one).
 std::vector<float> rope_inv_freq(const ModelConfig& c);
+std::vector<float> rope_inv_freq(const RopeConfig& r, int head_dim);
 
 }  // namespace stitch

@@ -9,7 +9,10 @@
 namespace stitch {
 
 enum class Family { Llama, Qwen2, Qwen3, Gemma, Gemma2, Gemma3 };
-enum class Activation { SiLU, GeluTanh };  // gate activation of the gated MLP (SwiGLU / GeGLU)
+// Gate activation of the gated MLP: SwiGLU (SiLU) or GeGLU. GeluTanh is the tanh approximation
+// (HF "gelu_pytorch_tanh", what Gemma was trained with); Gelu is the exact erf form, which HF
+// transformers 5 runs for Gemma 1 files whose hidden_act says "gelu".
+enum class Activation { SiLU, GeluTanh, Gelu };
 enum class RopeType { Default, Linear, Llama3 };
 
 struct RopeConfig {
@@ -42,13 +45,20 @@ struct ModelConfig {
     RopeConfig rope;              // global (full-attention) layers
     RopeConfig rope_local;        // sliding-window layers when has_rope_local (Gemma 3: base 10000)
     bool has_rope_local = false;
+    // The RoPE of layer L: rope_local on sliding-window layers when has_rope_local, else rope.
+    const RopeConfig& rope_of(int L) const {
+        return has_rope_local && layer_window[size_t(L)] > 0 ? rope_local : rope;
+    }
     // Gemma: RMSNorm multiplies by (1 + w). Loaders fold the +1 into the stored weights, so
     // the forward pass always multiplies by w; this flag only records where it came from.
     bool norm_plus_one = false;
-    float embed_scale = 1.0f;     // Gemma: sqrt(hidden) (HF casts it to the activation dtype)
+    // Gemma: sqrt(hidden) rounded to float32. HF multiplies the looked-up rows by this scalar cast
+    // to the weights' dtype (bf16 checkpoints run in bf16 get 55.5 instead of 55.4256 for d=3072);
+    // the float32 reference path keeps the float32 value.
+    float embed_scale = 1.0f;
     bool post_norms = false;      // Gemma 2/3: norms on the attention and MLP outputs before the residual add
-    float attn_softcap = 0.0f;    // Gemma 2: scores → c·tanh(scores/c) (0 = off)
-    float final_softcap = 0.0f;   // Gemma 2/3: logits → c·tanh(logits/c) (0 = off)
+    float attn_softcap = 0.0f;    // Gemma 2: scores → c·tanh(scores/c) (0 = off; HF ignores it for Gemma 3)
+    float final_softcap = 0.0f;   // Gemma 2 (and Gemma 3 text-only when set): logits → c·tanh(logits/c) (0 = off)
     std::vector<int> layer_window;  // per layer: 0 = full causal attention, W = sliding window of W keys
     float attn_scale = 0;           // multiplies q·k (1/sqrt(head_dim) unless a family says otherwise)
 

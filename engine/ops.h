@@ -6,6 +6,8 @@
 #pragma once
 #include <cstdint>
 
+#include "engine/model_config.h"
+
 namespace stitch {
 
 enum class Device : uint8_t { CPU, CUDA };
@@ -13,8 +15,8 @@ enum class Device : uint8_t { CPU, CUDA };
 struct Ops {
     Device device;
     const char* name;
-    // x[i] = table[tokens[i]] for n rows of width d.
-    void (*embed)(float* x, const float* table, const int32_t* tokens, int n, int d);
+    // x[i] = table[tokens[i]] · scale for n rows of width d (scale 1 copies exactly; Gemma: sqrt(d)).
+    void (*embed)(float* x, const float* table, const int32_t* tokens, int n, int d, float scale);
     // y[n, out] = x[n, in] · W[out, in]^T (+ bias[out]).
     void (*matmul_wt)(float* y, const float* x, const float* W, const float* bias, int n, int out, int in);
     // y = x / sqrt(mean(x²) + eps) · w per row of d (y may alias x).
@@ -25,8 +27,10 @@ struct Ops {
     // HF half-rotation RoPE in place on n_heads heads starting at column col0.
     void (*rope)(float* x, int n, int stride, int col0, int n_heads, int head_dim, const int32_t* pos,
                  const float* inv_freq);
-    // out[n, I] = silu(gate_up[:, :I]) · gate_up[:, I:].
-    void (*silu_mul)(float* out, const float* gate_up, int n, int I);
+    // out[n, I] = act(gate_up[:, :I]) · gate_up[:, I:] (SwiGLU / GeGLU).
+    void (*gated_act)(Activation act, float* out, const float* gate_up, int n, int I);
+    // x = cap · tanh(x / cap) over count floats (Gemma's final-logit soft-cap).
+    void (*softcap)(float* x, int64_t count, float cap);
     // x += y.
     void (*add)(float* x, const float* y, int64_t count);
     // dst rows (stride dst_ld) = src rows (stride src_ld), `rows` × `cols` floats; used for

@@ -160,10 +160,15 @@ ModelConfig gguf_model_config(const GGUFFile& f) {
         c.family = Family::Qwen2;
     else if (arch == "qwen3")
         c.family = Family::Qwen3;
-    else if (arch.rfind("gemma", 0) == 0)
-        fail(p, "GGUF architecture '{}' is not supported yet", arch);
+    else if (arch == "gemma")
+        c.family = Family::Gemma;
+    else if (arch == "gemma2")
+        c.family = Family::Gemma2;
+    else if (arch == "gemma3")
+        c.family = Family::Gemma3;
     else
-        fail(p, "GGUF architecture '{}' is not supported (supported: llama, qwen2, qwen3)", arch);
+        fail(p, "GGUF architecture '{}' is not supported (supported: llama, qwen2, qwen3, gemma, gemma2, gemma3)", arch);
+    const bool gemma = c.family == Family::Gemma || c.family == Family::Gemma2 || c.family == Family::Gemma3;
 
     Keys k{f, arch};
     c.n_layers = k.get_int("block_count", std::nullopt, 1, 4096);
@@ -190,7 +195,7 @@ ModelConfig gguf_model_config(const GGUFFile& f) {
              c.head_dim);
     c.norm_eps = float(k.get_float("attention.layer_norm_rms_epsilon", std::nullopt));
     if (!(c.norm_eps >= 0)) fail(p, "{} must be >= 0", k.key("attention.layer_norm_rms_epsilon"));
-    c.act = Activation::SiLU;
+    c.act = gemma ? Activation::GeluTanh : Activation::SiLU;
 
     // Vocabulary: the embedding's row count (token_embd is [hidden, vocab] in ggml order).
     const GGUFTensorInfo* emb = f.find_tensor(gguf_names::embed);
@@ -223,7 +228,7 @@ ModelConfig gguf_model_config(const GGUFFile& f) {
             c.qkv_bias = has_tensor("attn_q.bias");
             c.o_bias = has_tensor("attn_output.bias");
             break;
-        default: break;
+        default: break;  // Gemma: no biases
     }
 
     // RoPE. GGUF names the scaling in rope.scaling.type (older files: rope.scale_linear);
@@ -251,6 +256,35 @@ ModelConfig gguf_model_config(const GGUFFile& f) {
 
     c.layer_window.assign(size_t(c.n_layers), 0);
     c.attn_scale = float(1.0 / std::sqrt(double(c.head_dim)));
+    if (gemma) {
+        // llama.cpp's converter stores Gemma's RMSNorm weights with the +1 already added, so they
+        // load as they are; embeddings are scaled by sqrt(hidden) in float32.
+        c.norm_plus_one = true;
+        c.embed_scale = float(std::sqrt(double(c.hidden)));
+        c.post_norms = c.family != Family::Gemma;
+        // query_pre_attn_scalar is not stored: it is head_dim except for the 27B models
+        // (hidden / heads), which llama.cpp tells apart by their 46 (Gemma 2) / 62 (Gemma 3) layers.
+        const bool is_27b = (c.family == Family::Gemma2 && c.n_layers == 46) || (c.family == Family::Gemma3 && c.n_layers == 62);
+        if (is_27b) c.attn_scale = float(1.0 / std::sqrt(double(c.hidden / c.n_heads)));
+    }
+    if (c.family == Family::Gemma2) {
+        c.attn_softcap = float(k.get_float("attn_logit_softcapping", 50.0));
+        c.final_softcap = float(k.get_float("final_logit_softcapping", 30.0));
+        const int window = k.get_int("attention.sliding_window", 4096, 1, 1 << 30);
+        for (int L = 0; L < c.n_layers; L += 2) c.layer_window[size_t(L)] = window;  // even layers are local
+    }
+    if (c.family == Family::Gemma3) {
+        c.qk_norm = true;
+        if (auto fs = f.find_float(k.key("final_logit_softcapping"))) c.final_softcap = float(*fs);
+        const int window = k.get_int("attention.sliding_window", 512, 1, 1 << 30);
+        // 5 local : 1 global; local layers use RoPE base 10000 without scaling (llama.cpp and HF both
+        // fix it; the file stores only the global base).
+        for (int L = 0; L < c.n_layers; ++L)
+            if ((L + 1) % 6 != 0) c.layer_window[size_t(L)] = window;
+        c.has_rope_local = true;
+        c.rope_local = RopeConfig{};
+        c.rope_local.theta = 10000.0;
+    }
 
     // Generation facts. llama.cpp stops at any end-of-generation token: eos, eot (end of turn,
     // Llama 3's <|eot_id|>) and eom; HF's generation_config lists the same ids.
@@ -273,6 +307,14 @@ std::vector<float> gguf_rope_freq_factors(const GGUFFile& f, const ModelConfig& 
     for (float x : v)
         if (!(std::isfinite(x) && x > 0)) fail(f.path(), "tensor '{}' holds {}, not a positive divisor", gguf_names::rope_freqs, x);
     return v;
+}
+
+std::vector<std::vector<float>> gguf_layer_inv_freq(const GGUFFile& f, const ModelConfig& c) {
+    const std::vector<float> global = gguf_rope_inv_freq(f, c);
+    const std::vector<float> local = c.has_rope_local ? rope_inv_freq(c.rope_local, c.head_dim) : global;
+    std::vector<std::vector<float>> out(size_t(c.n_layers));
+    for (int L = 0; L < c.n_layers; ++L) out[size_t(L)] = &c.rope_of(L) == &c.rope ? global : local;
+    return out;
 }
 
 std::vector<float> gguf_rope_inv_freq(const GGUFFile& f, const ModelConfig& c) {
@@ -307,7 +349,11 @@ Weights gguf_model_weights(const GGUFFile& f, const ModelConfig& c) {
         lw.bo = ld.get_if(c.o_bias, n("attn_output.bias"), {d});
         lw.q_norm = ld.get_if(c.qk_norm, n("attn_q_norm.weight"), {c.head_dim});
         lw.k_norm = ld.get_if(c.qk_norm, n("attn_k_norm.weight"), {c.head_dim});
-        lw.mlp_norm = ld.get(n("ffn_norm.weight"), {d});
+        lw.mlp_norm = ld.get(n("ffn_norm.weight"), {d});  // Gemma 2/3: the pre-feed-forward norm
+        if (c.post_norms) {
+            lw.post_attn_norm = ld.get(n("post_attention_norm.weight"), {d});
+            lw.post_mlp_norm = ld.get(n("post_ffw_norm.weight"), {d});
+        }
         lw.w_gate_up = concat(ld.get(n("ffn_gate.weight"), {I, d}), ld.get(n("ffn_up.weight"), {I, d}));
         if (c.mlp_bias) lw.b_gate_up = concat(ld.get(n("ffn_gate.bias"), {I}), ld.get(n("ffn_up.bias"), {I}));
         lw.w_down = ld.get(n("ffn_down.weight"), {d, I});

@@ -23,8 +23,8 @@
 
 namespace stitch {
 
-// general.architecture llama / qwen2 / qwen3 → ModelConfig. Throws stitch::Error naming the
-// file for unsupported architectures (gemma* included, for now), missing or out-of-range keys,
+// general.architecture llama / qwen2 / qwen3 / gemma / gemma2 / gemma3 → ModelConfig. Throws
+// stitch::Error naming the file for unsupported architectures, missing or out-of-range keys,
 // and unsupported RoPE scaling (YaRN, LongRoPE).
 ModelConfig gguf_model_config(const GGUFFile& f);
 
@@ -40,6 +40,9 @@ std::vector<float> gguf_rope_freq_factors(const GGUFFile& f, const ModelConfig& 
 // RoPE inverse frequencies [head_dim/2] for every layer of this file: rope_inv_freq(c), divided
 // by rope_freqs.weight when the config could not express that tensor as RopeType::Llama3.
 std::vector<float> gguf_rope_inv_freq(const GGUFFile& f, const ModelConfig& c);
+
+// Per layer: gguf_rope_inv_freq on global layers, the local RoPE (Gemma 3) on sliding layers.
+std::vector<std::vector<float>> gguf_layer_inv_freq(const GGUFFile& f, const ModelConfig& c);
 
 // GGUF tensor names.
 namespace gguf_names {

@@ -5,12 +5,26 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/error.h"
+#include "engine/safetensors.h"
 
 namespace stitch {
 
 using json = nlohmann::json;
 
 std::string hf_names::layer(int L, const char* suffix) { return "model.layers." + std::to_string(L) + "." + suffix; }
+
+HfWeightNames hf_weight_names(const WeightFiles& files) {
+    static const std::pair<const char*, const char*> layouts[] = {
+        {"model.", "lm_head.weight"},
+        {"language_model.model.", "language_model.lm_head.weight"},  // Gemma3ForConditionalGeneration files
+        {"model.language_model.", "lm_head.weight"},  // the same, as transformers 5 names it in memory
+    };
+    for (const auto& [prefix, head] : layouts) {
+        HfWeightNames n{prefix, head};
+        if (files.find(n.embed())) return n;
+    }
+    return HfWeightNames{};
+}
 
 static json read_json(const std::filesystem::path& p) {
     std::ifstream in(p);
@@ -74,35 +88,143 @@ std::vector<int32_t> id_list(const json& v, const std::string& file, const char*
 }
 }  // namespace
 
+namespace {
+
+// RoPE parameters from one object: transformers 5's "rope_parameters" (rope_theta inside) or a
+// legacy "rope_scaling" (type only; theta given separately as `theta`).
+RopeConfig parse_rope(const Fields& f, const json* rp, double theta, const char* what) {
+    RopeConfig r;
+    r.theta = rp ? f.get_num(*rp, "rope_theta", theta) : theta;
+    if (!(r.theta > 0)) fail(f.file, "{}: rope_theta must be positive", what);
+    if (!rp) return r;
+    auto str = [&](const char* key) {
+        const auto& v = (*rp)[key];
+        if (!v.is_string()) fail(f.file, "{}: field \"{}\" is not a string", what, key);
+        return v.get<std::string>();
+    };
+    std::string type = rp->contains("rope_type") ? str("rope_type") : rp->contains("type") ? str("type") : "default";
+    if (type == "default") {
+        r.type = RopeType::Default;
+    } else if (type == "linear") {
+        r.type = RopeType::Linear;
+        r.factor = f.get_num(*rp, "factor", std::nullopt);
+    } else if (type == "llama3") {
+        r.type = RopeType::Llama3;
+        r.factor = f.get_num(*rp, "factor", std::nullopt);
+        r.low_freq_factor = f.get_num(*rp, "low_freq_factor", std::nullopt);
+        r.high_freq_factor = f.get_num(*rp, "high_freq_factor", std::nullopt);
+        r.original_max_position = int(f.get_num(*rp, "original_max_position_embeddings", std::nullopt));
+        if (r.high_freq_factor <= r.low_freq_factor || r.original_max_position <= 0)
+            fail(f.file, "llama3 rope scaling needs high_freq_factor > low_freq_factor and a positive context");
+    } else {
+        fail(f.file, "{}: rope type \"{}\" is not supported (default, linear, llama3)", what, type);
+    }
+    if (r.factor <= 0) fail(f.file, "{}: rope scaling factor must be positive", what);
+    return r;
+}
+
+const json* object_or_null(const json& j, const char* key) {
+    auto it = j.find(key);
+    return it != j.end() && it->is_object() ? &*it : nullptr;
+}
+
+Activation parse_activation(const Fields& f, const char* key, const std::string& fallback, bool gemma) {
+    auto it = f.j.find(key);
+    std::string act = fallback;
+    if (it != f.j.end() && !it->is_null()) {
+        if (!it->is_string()) fail(f.file, "field \"{}\" is not a string", key);
+        act = it->get<std::string>();
+    }
+    if (act == "silu" && !gemma) return Activation::SiLU;
+    if (gemma) {
+        // The tanh approximation under HF's three names for it; "gelu" is the exact erf form.
+        if (act == "gelu_pytorch_tanh" || act == "gelu_new" || act == "gelu_fast") return Activation::GeluTanh;
+        if (act == "gelu") return Activation::Gelu;
+        fail(f.file, "{} \"{}\" is not supported (expected gelu_pytorch_tanh or gelu)", key, act);
+    }
+    fail(f.file, "{} \"{}\" is not supported (expected silu)", key, act);
+}
+
+// A soft-cap: absent → the class default, null → off (0), else a positive number.
+float softcap_field(const Fields& f, const char* key, double fallback) {
+    auto it = f.j.find(key);
+    if (it == f.j.end()) return float(fallback);
+    if (it->is_null()) return 0.0f;
+    double v = f.get_num(f.j, key, std::nullopt);
+    if (!(v > 0)) fail(f.file, "field \"{}\" = {} must be positive (or null for no soft-cap)", key, v);
+    return float(v);
+}
+
+// HF's class defaults (configuration_gemma*.py, transformers 5.17) for the size fields a Gemma
+// config may leave out: Gemma 3 image-text checkpoints list only a few under "text_config".
+struct SizeDefaults {
+    int vocab, hidden, intermediate, layers, heads, kv_heads, head_dim, max_position;
+};
+std::optional<SizeDefaults> size_defaults(Family fam) {
+    switch (fam) {
+        case Family::Gemma: return SizeDefaults{256000, 3072, 24576, 28, 16, 16, 256, 8192};
+        case Family::Gemma2: return SizeDefaults{256000, 2304, 9216, 26, 8, 4, 256, 8192};
+        case Family::Gemma3: return SizeDefaults{262208, 2304, 9216, 26, 8, 4, 256, 131072};
+        default: return std::nullopt;
+    }
+}
+
+}  // namespace
+
 ModelConfig load_hf_config(const std::filesystem::path& dir) {
     auto path = dir / "config.json";
     if (!std::filesystem::exists(path)) fail(path.string(), "missing (not an HF model folder?)");
-    json j = read_json(path);
-    Fields f{j, path.string()};
+    json top = read_json(path);
+    const std::string file = path.string();
     ModelConfig c;
-    auto mt = j.find("model_type");
-    if (mt == j.end() || !mt->is_string()) fail(f.file, "missing field \"model_type\"");
+    auto mt = top.find("model_type");
+    if (mt == top.end() || !mt->is_string()) fail(file, "missing field \"model_type\"");
     c.model_type = mt->get<std::string>();
+    // Gemma 3 image-text checkpoints ("gemma3") nest the language model's fields under
+    // "text_config"; everything below reads that object, generation facts the top level first.
+    const json* tj = &top;
+    const bool multimodal = c.model_type == "gemma3";
     if (c.model_type == "llama")
         c.family = Family::Llama;
     else if (c.model_type == "qwen2")
         c.family = Family::Qwen2;
     else if (c.model_type == "qwen3")
         c.family = Family::Qwen3;
+    else if (c.model_type == "gemma")
+        c.family = Family::Gemma;
+    else if (c.model_type == "gemma2")
+        c.family = Family::Gemma2;
+    else if (c.model_type == "gemma3_text" || multimodal)
+        c.family = Family::Gemma3;
     else
-        fail(f.file, "unknown model_type \"{}\" (supported: llama, qwen2, qwen3)", c.model_type);
+        fail(file, "unknown model_type \"{}\" (supported: llama, qwen2, qwen3, gemma, gemma2, gemma3_text, gemma3)",
+             c.model_type);
+    if (multimodal) {
+        tj = object_or_null(top, "text_config");
+        if (!tj) fail(file, "model_type gemma3 but no \"text_config\" object");
+        auto tmt = tj->find("model_type");
+        if (tmt != tj->end() && *tmt != "gemma3_text")
+            fail(file, "text_config.model_type is {}, expected \"gemma3_text\"", tmt->dump());
+    }
+    const json& j = *tj;
+    Fields f{j, file};
+    const bool gemma = c.family == Family::Gemma || c.family == Family::Gemma2 || c.family == Family::Gemma3;
+    const auto dflt = size_defaults(c.family);
+    auto or_default = [&](int SizeDefaults::*field) { return dflt ? std::optional<int>((*dflt).*field) : std::nullopt; };
 
-    c.hidden = f.get_int("hidden_size");
-    c.n_layers = f.get_int("num_hidden_layers", std::nullopt, 1, 4096);
-    c.n_heads = f.get_int("num_attention_heads", std::nullopt, 1, 4096);
-    c.n_kv_heads = f.get_int("num_key_value_heads", c.n_heads, 1, 4096);
-    c.intermediate = f.get_int("intermediate_size");
-    c.vocab_size = f.get_int("vocab_size", std::nullopt, 1, 1 << 24);
-    c.max_position = f.get_int("max_position_embeddings", 1 << 20, 1, 1 << 30);
+    c.hidden = f.get_int("hidden_size", or_default(&SizeDefaults::hidden));
+    c.n_layers = f.get_int("num_hidden_layers", or_default(&SizeDefaults::layers), 1, 4096);
+    c.n_heads = f.get_int("num_attention_heads", or_default(&SizeDefaults::heads), 1, 4096);
+    c.n_kv_heads = f.get_int("num_key_value_heads", dflt ? dflt->kv_heads : c.n_heads, 1, 4096);
+    c.intermediate = f.get_int("intermediate_size", or_default(&SizeDefaults::intermediate));
+    c.vocab_size = f.get_int("vocab_size", or_default(&SizeDefaults::vocab), 1, 1 << 24);
+    c.max_position = f.get_int("max_position_embeddings", dflt ? dflt->max_position : 1 << 20, 1, 1 << 30);
     if (c.n_heads % c.n_kv_heads != 0)
         fail(f.file, "num_attention_heads {} is not a multiple of num_key_value_heads {}", c.n_heads, c.n_kv_heads);
     if (j.contains("head_dim") && !j["head_dim"].is_null()) {
         c.head_dim = f.get_int("head_dim");
+    } else if (dflt && !j.contains("head_dim")) {
+        c.head_dim = dflt->head_dim;  // Gemma classes default head_dim to 256, not hidden / heads
     } else {
         if (c.hidden % c.n_heads != 0)
             fail(f.file, "hidden_size {} is not a multiple of num_attention_heads {} and no head_dim is given", c.hidden,
@@ -110,15 +232,24 @@ ModelConfig load_hf_config(const std::filesystem::path& dir) {
         c.head_dim = c.hidden / c.n_heads;
     }
     if (c.head_dim % 2 != 0) fail(f.file, "head_dim {} is odd; rotary embeddings need pairs", c.head_dim);
-    c.norm_eps = float(f.get_num(j, "rms_norm_eps", std::nullopt));
+    c.norm_eps = float(f.get_num(j, "rms_norm_eps", gemma ? std::optional<double>(1e-6) : std::nullopt));
     if (!(c.norm_eps >= 0)) fail(f.file, "rms_norm_eps must be >= 0");
 
-    std::string act = j.value("hidden_act", std::string("silu"));
-    if (act != "silu") fail(f.file, "hidden_act \"{}\" is not supported for {} (expected silu)", act, c.model_type);
-    c.act = Activation::SiLU;
+    // Gate activation. HF Gemma 1 reads hidden_act (transformers 5 no longer overrides "gelu"
+    // with the tanh form as 4.x did); Gemma 2/3 read hidden_activation.
+    if (c.family == Family::Gemma)
+        c.act = parse_activation(f, "hidden_act", "gelu_pytorch_tanh", true);
+    else if (gemma)
+        c.act = parse_activation(f, "hidden_activation", "gelu_pytorch_tanh", true);
+    else
+        c.act = parse_activation(f, "hidden_act", "silu", false);
 
-    // Qwen 2 small models tie embeddings; the HF classes default to untied.
-    c.tied_embeddings = f.get_bool("tie_word_embeddings", false);
+    // Qwen 2 small models tie embeddings; the HF classes default to untied, Gemma's to tied
+    // (for image-text Gemma 3 the top-level flag decides, as HF's tie_weights reads it there).
+    c.tied_embeddings = gemma ? (multimodal ? Fields{top, file}.get_bool("tie_word_embeddings", true)
+                                            : f.get_bool("tie_word_embeddings", true))
+                              : f.get_bool("tie_word_embeddings", false);
+    c.attn_scale = float(1.0 / std::sqrt(double(c.head_dim)));
     switch (c.family) {
         case Family::Llama:
             c.qkv_bias = c.o_bias = f.get_bool("attention_bias", false);
@@ -129,46 +260,80 @@ ModelConfig load_hf_config(const std::filesystem::path& dir) {
             c.qk_norm = true;
             c.qkv_bias = c.o_bias = f.get_bool("attention_bias", false);
             break;
-        default: break;  // families whose model_type is not accepted above
+        case Family::Gemma:
+        case Family::Gemma2:
+        case Family::Gemma3: {
+            // RMSNorm × (1 + w) everywhere (folded into the weights at load), embeddings × sqrt(d)
+            // as a float32 scalar (HF: torch.tensor(hidden_size ** 0.5)).
+            c.norm_plus_one = true;
+            c.embed_scale = float(std::sqrt(double(c.hidden)));
+            c.qkv_bias = c.o_bias = f.get_bool("attention_bias", false);
+            if (f.get_bool("use_bidirectional_attention", false))
+                fail(f.file, "use_bidirectional_attention (Gemma embedding models) is not supported");
+            if (c.family == Family::Gemma) break;
+            c.post_norms = true;
+            // Attention scale query_pre_attn_scalar^-0.5 (Python float pow, then float32).
+            const double qpas = f.get_num(j, "query_pre_attn_scalar", 256.0);
+            if (!(qpas > 0)) fail(f.file, "query_pre_attn_scalar must be positive");
+            c.attn_scale = float(std::pow(qpas, -0.5));
+            if (c.family == Family::Gemma2) {
+                c.attn_softcap = softcap_field(f, "attn_logit_softcapping", 50.0);
+                c.final_softcap = softcap_field(f, "final_logit_softcapping", 30.0);
+            } else {
+                // Gemma 3: q/k norms; HF's Gemma3Attention never passes attn_logit_softcapping on,
+                // and Gemma3ForConditionalGeneration does not apply final_logit_softcapping.
+                c.qk_norm = true;
+                c.final_softcap = multimodal ? 0.0f : softcap_field(f, "final_logit_softcapping", 0.0);
+            }
+            break;
+        }
     }
 
     // RoPE: transformers 5 writes "rope_parameters" (with rope_theta inside); older files
-    // have top-level "rope_theta" and an optional "rope_scaling".
-    const json* rp = nullptr;
-    if (j.contains("rope_parameters") && j["rope_parameters"].is_object()) rp = &j["rope_parameters"];
-    else if (j.contains("rope_scaling") && j["rope_scaling"].is_object()) rp = &j["rope_scaling"];
-    c.rope.theta = f.get_num(j, "rope_theta", 10000.0);
-    if (rp) {
-        c.rope.theta = f.get_num(*rp, "rope_theta", c.rope.theta);
-        std::string type = rp->contains("rope_type") ? (*rp)["rope_type"].get<std::string>()
-                          : rp->contains("type")     ? (*rp)["type"].get<std::string>()
-                                                     : "default";
-        if (type == "default") {
-            c.rope.type = RopeType::Default;
-        } else if (type == "linear") {
-            c.rope.type = RopeType::Linear;
-            c.rope.factor = f.get_num(*rp, "factor", std::nullopt);
-        } else if (type == "llama3") {
-            c.rope.type = RopeType::Llama3;
-            c.rope.factor = f.get_num(*rp, "factor", std::nullopt);
-            c.rope.low_freq_factor = f.get_num(*rp, "low_freq_factor", std::nullopt);
-            c.rope.high_freq_factor = f.get_num(*rp, "high_freq_factor", std::nullopt);
-            c.rope.original_max_position = int(f.get_num(*rp, "original_max_position_embeddings", std::nullopt));
-            if (c.rope.high_freq_factor <= c.rope.low_freq_factor || c.rope.original_max_position <= 0)
-                fail(f.file, "llama3 rope scaling needs high_freq_factor > low_freq_factor and a positive context");
-        } else {
-            fail(f.file, "rope type \"{}\" is not supported (default, linear, llama3)", type);
+    // have top-level "rope_theta" and an optional "rope_scaling". Gemma 3 has two: transformers 5
+    // keys rope_parameters by layer type ({"full_attention": {...}, "sliding_attention": {...}});
+    // older files give rope_theta (global, default 1e6), rope_local_base_freq (sliding, default
+    // 1e4) and rope_scaling (global layers only).
+    const json* rope_params = object_or_null(j, "rope_parameters");
+    const json* rope_scaling = object_or_null(j, "rope_scaling");
+    if (c.family == Family::Gemma3) {
+        c.has_rope_local = true;
+        const double theta = f.get_num(j, "rope_theta", 1e6);
+        const double local_theta = f.get_num(j, "rope_local_base_freq", 1e4);
+        const json* full = nullptr;
+        const json* sliding = nullptr;
+        if (rope_params) {
+            full = object_or_null(*rope_params, "full_attention");
+            sliding = object_or_null(*rope_params, "sliding_attention");
+            if (!full && !sliding)
+                fail(f.file, "gemma3 \"rope_parameters\" must be keyed by layer type (full_attention, sliding_attention)");
         }
-        if (c.rope.factor <= 0) fail(f.file, "rope scaling factor must be positive");
+        json merged;  // HF: a legacy rope_scaling updates the full-attention parameters
+        if (rope_scaling) {
+            merged = full ? *full : json::object();
+            merged.update(*rope_scaling);
+            full = &merged;
+        }
+        c.rope = parse_rope(f, full, theta, "rope (full_attention)");
+        c.rope_local = parse_rope(f, sliding, local_theta, "rope (sliding_attention)");
+    } else {
+        const json* rp = rope_params ? rope_params : rope_scaling;
+        c.rope = parse_rope(f, rp, f.get_num(j, "rope_theta", 10000.0), "rope");
     }
-    if (!(c.rope.theta > 0)) fail(f.file, "rope_theta must be positive");
 
-    // Attention span per layer: "layer_types" (transformers 5) or Qwen 2's use_sliding_window.
+    // Attention span per layer: "layer_types" (transformers 5), Qwen 2's use_sliding_window, or
+    // the Gemma 2 (every other layer, from layer 0) / Gemma 3 (sliding_window_pattern - 1 local
+    // layers per global one) defaults HF applies when a file has no layer_types. Gemma 1 has none.
     c.layer_window.assign(size_t(c.n_layers), 0);
+    const bool gemma_windows = c.family == Family::Gemma2 || c.family == Family::Gemma3;
     int window = 0;
     if (j.contains("sliding_window") && j["sliding_window"].is_number_integer())
         window = f.get_int("sliding_window", 0, 0, 1 << 30);
-    if (j.contains("layer_types") && j["layer_types"].is_array()) {
+    else if (gemma_windows && !j.contains("sliding_window"))
+        window = 4096;
+    if (c.family == Family::Gemma) {
+        // full causal attention on every layer
+    } else if (j.contains("layer_types") && j["layer_types"].is_array()) {
         const auto& lt = j["layer_types"];
         if (int(lt.size()) != c.n_layers)
             fail(f.file, "layer_types has {} entries for {} layers", lt.size(), c.n_layers);
@@ -181,17 +346,29 @@ ModelConfig load_hf_config(const std::filesystem::path& dir) {
                 fail(f.file, "layer_types[{}] = \"{}\" is not supported", L, t);
             }
         }
+    } else if (gemma_windows) {
+        const int pattern = c.family == Family::Gemma2 ? 2 : f.get_int("sliding_window_pattern", 6, 1, 1 << 20);
+        for (int L = 0; L < c.n_layers; ++L) {
+            if ((L + 1) % pattern == 0) continue;  // HF: sliding iff (i + 1) % pattern != 0
+            if (window <= 0) fail(f.file, "layer {} uses sliding-window attention but sliding_window is not set", L);
+            c.layer_window[size_t(L)] = window;
+        }
     } else if (c.family == Family::Qwen2 && f.get_bool("use_sliding_window", false)) {
         int from = f.get_int("max_window_layers", c.n_layers, 0, 1 << 20);
         if (window <= 0) fail(f.file, "use_sliding_window is set but sliding_window is not");
         for (int L = from; L < c.n_layers; ++L) c.layer_window[size_t(L)] = window;
     }
-    c.attn_scale = float(1.0 / std::sqrt(double(c.head_dim)));
 
-    // Generation facts: generation_config.json wins over config.json, as in HF generate().
-    c.eos_ids = id_list(j.value("eos_token_id", json()), f.file, "eos_token_id");
-    if (auto b = id_list(j.value("bos_token_id", json()), f.file, "bos_token_id"); !b.empty()) c.bos_id = b[0];
-    if (auto p = id_list(j.value("pad_token_id", json()), f.file, "pad_token_id"); !p.empty()) c.pad_id = p[0];
+    // Generation facts: generation_config.json wins over config.json, as in HF generate(); an
+    // image-text config's top level wins over its text_config.
+    auto ids = [&](const char* key) {
+        auto v = id_list(top.value(key, json()), file, key);
+        if (v.empty() && tj != &top) v = id_list(j.value(key, json()), file, key);
+        return v;
+    };
+    c.eos_ids = ids("eos_token_id");
+    if (auto b = ids("bos_token_id"); !b.empty()) c.bos_id = b[0];
+    if (auto p = ids("pad_token_id"); !p.empty()) c.pad_id = p[0];
     auto gpath = dir / "generation_config.json";
     if (std::filesystem::exists(gpath)) {
         json g = read_json(gpath);

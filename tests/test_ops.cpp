@@ -3,6 +3,7 @@
 // soft-caps). These are the references the CUDA kernels will be compared against.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 
@@ -42,7 +43,7 @@ TEST_CASE("ops: matmul_wt (GEMM and GEMV paths, with and without bias)") {
     }
 }
 
-TEST_CASE("ops: rmsnorm, head_rmsnorm, silu_mul, add, embed, copy2d") {
+TEST_CASE("ops: rmsnorm, head_rmsnorm, gated_act, softcap, add, embed, copy2d") {
     const Ops& ops = cpu_ops();
     const int n = 5, d = 33;
     auto x = randn(size_t(n) * d, 4), w = randn(size_t(d), 5);
@@ -75,16 +76,40 @@ TEST_CASE("ops: rmsnorm, head_rmsnorm, silu_mul, add, embed, copy2d") {
             CHECK(got == doctest::Approx(want).epsilon(1e-5));
         }
 
+    // gated activations: SwiGLU, GeGLU (tanh approximation) and exact-GELU GLU, over a range
+    // wide enough to reach both tails
     const int I = 19;
-    auto gu = randn(size_t(n) * 2 * I, 8);
-    std::vector<float> m(size_t(n) * I), mref(m.size());
-    ops.silu_mul(m.data(), gu.data(), n, I);
-    for (int i = 0; i < n; ++i)
-        for (int j = 0; j < I; ++j) {
-            double g = gu[size_t(i * 2 * I + j)], u = gu[size_t(i * 2 * I + I + j)];
-            mref[size_t(i * I + j)] = float(g / (1 + std::exp(-g)) * u);
-        }
-    CHECK(test::rel_err(m, mref) < 1e-6);
+    auto gu = randn(size_t(n) * 2 * I, 8, 3.0f);
+    for (Activation act : {Activation::SiLU, Activation::GeluTanh, Activation::Gelu}) {
+        CAPTURE(int(act));
+        std::vector<float> m(size_t(n) * I), mref(m.size());
+        ops.gated_act(act, m.data(), gu.data(), n, I);
+        for (int i = 0; i < n; ++i)
+            for (int j = 0; j < I; ++j) {
+                double g = gu[size_t(i * 2 * I + j)], u = gu[size_t(i * 2 * I + I + j)], a = 0;
+                switch (act) {
+                    case Activation::SiLU: a = g / (1 + std::exp(-g)); break;
+                    case Activation::GeluTanh:
+                        a = 0.5 * g * (1 + std::tanh(std::sqrt(2 / M_PI) * (g + 0.044715 * g * g * g)));
+                        break;
+                    case Activation::Gelu: a = 0.5 * g * (1 + std::erf(g / std::sqrt(2.0))); break;
+                }
+                mref[size_t(i * I + j)] = float(a * u);
+            }
+        CHECK(test::rel_err(m, mref) < 1e-6);
+    }
+    // the two GELUs differ (by ~1e-3 at most): a fixture using the wrong one would show it
+    std::vector<float> gt(size_t(n) * I), ge(gt.size());
+    ops.gated_act(Activation::GeluTanh, gt.data(), gu.data(), n, I);
+    ops.gated_act(Activation::Gelu, ge.data(), gu.data(), n, I);
+    CHECK(test::rel_err(gt, ge) > 1e-5);
+
+    // soft-cap: cap · tanh(x / cap), values well past the cap included
+    auto sc = randn(37, 14, 20.0f), sc_ref = sc;
+    ops.softcap(sc.data(), int64_t(sc.size()), 5.0f);
+    for (auto& v : sc_ref) v = float(5.0 * std::tanh(double(v) / 5.0));
+    CHECK(test::rel_err(sc, sc_ref) < 1e-6);
+    CHECK(*std::max_element(sc.begin(), sc.end()) <= 5.0f);
 
     auto a = randn(11, 9), b = randn(11, 10), sum = a;
     ops.add(sum.data(), b.data(), 11);
@@ -92,10 +117,15 @@ TEST_CASE("ops: rmsnorm, head_rmsnorm, silu_mul, add, embed, copy2d") {
 
     auto table = randn(size_t(10) * d, 11);
     std::vector<int32_t> toks = {3, 0, 9, 3};
-    std::vector<float> e(toks.size() * d);
-    ops.embed(e.data(), table.data(), toks.data(), int(toks.size()), d);
+    std::vector<float> e(toks.size() * d), es(e.size());
+    ops.embed(e.data(), table.data(), toks.data(), int(toks.size()), d, 1.0f);
+    const float scale = std::sqrt(float(d));  // Gemma's embedding scale
+    ops.embed(es.data(), table.data(), toks.data(), int(toks.size()), d, scale);
     for (size_t i = 0; i < toks.size(); ++i)
-        for (int j = 0; j < d; ++j) CHECK(e[i * d + size_t(j)] == table[size_t(toks[i]) * d + size_t(j)]);
+        for (int j = 0; j < d; ++j) {
+            CHECK(e[i * d + size_t(j)] == table[size_t(toks[i]) * d + size_t(j)]);
+            CHECK(es[i * d + size_t(j)] == table[size_t(toks[i]) * d + size_t(j)] * scale);
+        }
 
     std::vector<float> dst(size_t(3) * 8, -1.0f);
     ops.copy2d(dst.data(), 8, table.data() + 2, d, 3, 5);

@@ -8,6 +8,8 @@ Writes, deterministically (running it twice gives byte-identical files):
   tests/fixtures/models/<name>/                 tiny random-weight models saved with save_pretrained
         config.json, generation_config.json, model.safetensors, tokenizer.json, tokenizer_config.json,
         reference.safetensors (HF float32 eager hidden states, logits, greedy continuations)
+        gemma3_text also: config.legacy.json (the same model in the 4.x config spelling) and
+        config.multimodal.json (Gemma3ForConditionalGeneration's config), both checked against HF
 
 Usage: tools/.venv/bin/python tools/make_fixtures.py [--only NAME ...]
 
@@ -455,7 +457,98 @@ MODEL_SPECS = {
             rope_parameters=dict(rope_type="default", rope_theta=1000000.0),
         ),
     ),
+    # Gemma 1 as the gemma-1.1 files on the hub spell it: hidden_act "gelu" beside hidden_activation
+    # "gelu_pytorch_tanh". transformers 5 reads hidden_act for Gemma 1 (4.x forced the tanh form), so
+    # this fixture runs the exact erf GELU; Gemma 2/3 below run the tanh approximation.
+    "gemma": dict(
+        style="llama",
+        seed=5005,
+        legacy_config=True,
+        storage_dtype=torch.bfloat16,
+        norm_mean=0.0,  # Gemma norms multiply by (1 + w): w near 0 is a multiplier near 1
+        embed_std=0.3,
+        final_norm=(-1.0, 1.0),
+        extra_config_json=dict(hidden_activation="gelu_pytorch_tanh"),
+        config=dict(
+            model_type="gemma",
+            hidden_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=24,  # not hidden / heads
+            intermediate_size=171,
+            hidden_act="gelu",
+            tie_word_embeddings=True,
+            rms_norm_eps=1e-6,
+            max_position_embeddings=8192,
+            rope_parameters=dict(rope_type="default", rope_theta=10000.0),
+        ),
+    ),
+    # Gemma 2 with its soft-caps lowered so that they bite at these sizes (checked below: attention
+    # scores and logits beyond the caps), a 16-token window on alternate layers (legacy config: no
+    # layer_types, so HF's default pattern applies: layer 0 sliding), query_pre_attn_scalar != head_dim.
+    "gemma2": dict(
+        style="llama",
+        seed=6006,
+        legacy_config=True,
+        storage_dtype=torch.float32,
+        norm_mean=0.0,
+        embed_std=0.4,
+        final_norm=(-1.0, 1.0),
+        config=dict(
+            model_type="gemma2",
+            hidden_size=48,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            intermediate_size=99,
+            hidden_activation="gelu_pytorch_tanh",
+            tie_word_embeddings=True,
+            rms_norm_eps=1e-6,
+            max_position_embeddings=8192,
+            query_pre_attn_scalar=24,
+            sliding_window=16,
+            attn_logit_softcapping=4.0,
+            final_logit_softcapping=6.0,
+            rope_parameters=dict(rope_type="default", rope_theta=10000.0),
+        ),
+    ),
+    # Gemma 3: q/k norms, 7 layers = 5 local + 1 global + 1 local (HF's default pattern of 6), an
+    # 8-token window, local RoPE base 1e4 vs global 1e6 with linear scaling (x8) on the global layer
+    # only. transformers 5 config (rope_parameters keyed by layer type); config.legacy.json holds
+    # the 4.x spelling of the same model and config.multimodal.json the Gemma3ForConditionalGeneration
+    # config, both checked here to give HF the same logits.
+    "gemma3_text": dict(
+        style="llama",
+        seed=7007,
+        storage_dtype=torch.float32,
+        norm_mean=0.0,
+        embed_std=0.3,
+        final_norm=(-1.0, 1.0),
+        config=dict(
+            model_type="gemma3_text",
+            hidden_size=48,
+            num_hidden_layers=7,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            intermediate_size=83,
+            hidden_activation="gelu_pytorch_tanh",
+            tie_word_embeddings=True,
+            rms_norm_eps=1e-6,
+            max_position_embeddings=32768,
+            query_pre_attn_scalar=20,
+            sliding_window=8,
+            rope_parameters=dict(
+                sliding_attention=dict(rope_type="default", rope_theta=10000.0),
+                full_attention=dict(rope_type="linear", factor=8.0, rope_theta=1000000.0),
+            ),
+        ),
+    ),
 }
+
+GEMMA_TYPES = ("gemma", "gemma2", "gemma3_text")
 
 
 def special_ids(tok: Tokenizer) -> dict[str, int]:
@@ -470,13 +563,14 @@ def make_config(spec: dict, tok: Tokenizer):
         bos, eos, pad = sp["<|begin_of_text|>"], [sp["<|end_of_text|>"], sp["<|eot_id|>"]], None
     else:
         bos, eos, pad = sp["<|endoftext|>"], sp["<|im_end|>"], sp["<|endoftext|>"]
+    if model_type not in GEMMA_TYPES:
+        kw.setdefault("hidden_act", "silu")
     cfg = AutoConfig.for_model(
         model_type,
         vocab_size=tok.get_vocab_size(),
         bos_token_id=bos,
         eos_token_id=eos,
         pad_token_id=pad,
-        hidden_act="silu",
         initializer_range=0.02,
         **kw,
     )
@@ -499,20 +593,31 @@ def rope_regimes(cfg) -> list[str]:
 
 
 @torch.no_grad()
-def reinit_weights(model, seed: int) -> None:
-    """Replace HF's tiny-std init with a peakier one so greedy decoding is bug-sensitive."""
+def reinit_weights(
+    model, seed: int, norm_mean: float = 1.0, embed_std: float = 0.5, final_norm: tuple | None = None
+) -> None:
+    """Replace HF's tiny-std init with a peakier one so greedy decoding is bug-sensitive.
+
+    norm_mean: centre of the RMSNorm weights (1 for Llama/Qwen's w; 0 for Gemma's (1 + w), with a
+    wider spread so that a forward pass that forgot the +1, or added it twice, is far off).
+    embed_std: Gemma multiplies embeddings by sqrt(hidden); a smaller table keeps the scaled token
+    embedding from swamping the residual (with tied weights that makes every model repeat its input).
+    final_norm: (mean, std) of the final norm's weight instead (Gemma: w ~ N(-1, 1), so (1 + w) is
+    centred on 0 and a tied model's logit for the current token gets no systematic boost)."""
     gen = torch.Generator().manual_seed(seed)
 
     def normal(shape, std, mean=0.0):
         return torch.randn(shape, generator=gen, dtype=torch.float32) * std + mean
 
     for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
-        if name.endswith("norm.weight"):  # input/post_attention/final/q_norm/k_norm
-            new = normal(p.shape, 0.1, 1.0)
+        if final_norm is not None and name == "model.norm.weight":
+            new = normal(p.shape, final_norm[1], final_norm[0])
+        elif name.endswith("norm.weight"):  # input/post_attention/pre/post_feedforward/final/q_norm/k_norm
+            new = normal(p.shape, 0.1, 1.0) if norm_mean == 1.0 else normal(p.shape, 0.2, norm_mean)
         elif name.endswith(".bias"):
             new = normal(p.shape, 0.1)
         elif "embed_tokens" in name or "lm_head" in name:
-            new = normal(p.shape, 0.5)
+            new = normal(p.shape, embed_std)
         else:  # projections: std ~ 1.6/sqrt(fan_in) (0.1 .. 0.2 at these sizes)
             new = normal(p.shape, 1.6 / math.sqrt(p.shape[1]))
         p.copy_(new.to(p.dtype))
@@ -626,7 +731,7 @@ def build_model(name: str, spec: dict, tok_folder: Path, tok: Tokenizer) -> None
         seed = spec["seed"] + 7919 * attempt
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager", dtype=torch.float32)
-        reinit_weights(model, seed)
+        reinit_weights(model, seed, spec.get("norm_mean", 1.0), spec.get("embed_std", 0.5), spec.get("final_norm"))
         model.generation_config = gen_cfg
         model = model.to(spec["storage_dtype"])
 
@@ -634,6 +739,10 @@ def build_model(name: str, spec: dict, tok_folder: Path, tok: Tokenizer) -> None
             model.save_pretrained(tmp)
             if spec.get("legacy_config"):
                 legacyize_config(Path(tmp) / "config.json")
+            if spec.get("extra_config_json"):
+                conf = json.loads((Path(tmp) / "config.json").read_text())
+                conf.update(spec["extra_config_json"])
+                (Path(tmp) / "config.json").write_text(json.dumps(dict(sorted(conf.items())), indent=2) + "\n")
             # Reference: reload what was saved (so bf16/f16 rounding is in the weights), compute in f32.
             ref_model, info = AutoModelForCausalLM.from_pretrained(
                 tmp, dtype=torch.float32, attn_implementation="eager", output_loading_info=True
@@ -643,14 +752,22 @@ def build_model(name: str, spec: dict, tok_folder: Path, tok: Tokenizer) -> None
             # Whatever format config.json is in, HF must read back the config we meant.
             for key in ("rope_parameters", "num_key_value_heads", "head_dim", "tie_word_embeddings", "rms_norm_eps"):
                 assert getattr(ref_model.config, key, None) == getattr(cfg, key, None), (name, key)
-            assert all(t == "full_attention" for t in getattr(ref_model.config, "layer_types", None) or [])
+            if cfg.model_type in GEMMA_TYPES:
+                assert getattr(ref_model.config, "layer_types", None) == getattr(cfg, "layer_types", None), name
+            else:
+                assert all(t == "full_attention" for t in getattr(ref_model.config, "layer_types", None) or [])
             result = compute_reference(ref_model, prompt_ids, hf_tok)
             if result["min_margin"] <= MIN_MARGIN:
                 print(f"  {name}: seed {seed} min greedy margin {result['min_margin']:.2e} too small, re-seeding")
                 continue
+            extra_files, extra_notes = {}, ""
+            if cfg.model_type in GEMMA_TYPES:
+                extra_files, extra_notes = gemma_checks(name, ref_model, Path(tmp), prompt_ids, result)
             if folder.exists():
                 shutil.rmtree(folder)
             shutil.copytree(tmp, folder)
+            for fname, text in extra_files.items():
+                (folder / fname).write_text(text)
         break
     else:
         raise SystemExit(f"{name}: no seed gave greedy margins > {MIN_MARGIN}")
@@ -684,6 +801,7 @@ def build_model(name: str, spec: dict, tok_folder: Path, tok: Tokenizer) -> None
             "no EOS stopping) continuing the prompt; prompt.i.greedy_margin F32 [16] = top1-top2 logit "
             f"at each step (all > {MIN_MARGIN}). Batched left-padded run checked within 1e-4 (max "
             f"{result['batched_diff']:.1e}); cached greedy logits checked against full recompute."
+            + extra_notes
         ),
     }
     for i, text in enumerate(prompts):
@@ -707,6 +825,169 @@ def build_model(name: str, spec: dict, tok_folder: Path, tok: Tokenizer) -> None
     for i, r in enumerate(result["prompts"]):
         print(f"    prompt {i} greedy: {hf_tok.decode(r['greedy'])!r}")
     assert sizes["model.safetensors"] < 1_100_000 and sizes["reference.safetensors"] < 1_600_000, sizes
+    if cfg.model_type in GEMMA_TYPES:
+        assert sum(sizes.values()) < 1_500_000, f"{name}: fixture folder is {sum(sizes.values())} B"
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Gemma-specific checks: the family facts a fixture claims to exercise are really exercised
+# ----------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def gemma_checks(name: str, model, tmp: Path, prompt_ids: list[list[int]], result: dict) -> tuple[dict, str]:
+    """Asserts what the Gemma fixture is for; returns extra files for the folder and notes."""
+    cfg = model.config
+    notes, files = "", {}
+    longest = max(len(p) for p in prompt_ids)
+    layer_types = list(getattr(cfg, "layer_types", None) or [])
+    if cfg.model_type == "gemma":
+        act = type(model.model.layers[0].mlp.act_fn).__name__
+        assert act == "GELUActivation", f"{name}: expected HF to run exact GELU for hidden_act=gelu, got {act}"
+        notes += f" HF runs {act} (exact erf GELU) for hidden_act=gelu although hidden_activation says gelu_pytorch_tanh."
+    if cfg.model_type in ("gemma2", "gemma3_text"):
+        assert "sliding_attention" in layer_types and "full_attention" in layer_types, layer_types
+        assert longest > cfg.sliding_window + 8, f"{name}: prompts ({longest}) must outrun the window {cfg.sliding_window}"
+        notes += f" layer_types {layer_types}, sliding_window {cfg.sliding_window}, longest prompt {longest} tokens."
+    if cfg.model_type == "gemma2":
+        notes += " " + softcap_activity(name, model, prompt_ids)
+    if cfg.model_type == "gemma3_text":
+        files["config.legacy.json"] = gemma3_legacy_check(name, model, tmp, prompt_ids, result)
+        files["config.multimodal.json"] = gemma3_multimodal_check(name, model, prompt_ids, result)
+        notes += (
+            " config.legacy.json: the same model in the 4.x spelling (rope_theta, rope_local_base_freq, "
+            "rope_scaling, sliding_window_pattern, no layer_types); HF gives identical logits from it. "
+            "config.multimodal.json: Gemma3ForConditionalGeneration config (model_type gemma3, text_config) "
+            "whose checkpoint (as transformers 5.17 saves it) names these weights language_model.model.*; "
+            "HF gives the same logits."
+        )
+    return files, notes
+
+
+@torch.no_grad()
+def softcap_activity(name: str, model, prompt_ids: list[list[int]]) -> str:
+    """Counts attention scores and logits beyond Gemma 2's soft-caps (pre-cap), and asserts some are."""
+    mod = sys.modules[type(model.model.layers[0].self_attn).__module__]
+    original = mod.eager_attention_forward
+    seen = dict(calls=0, visible=0, over=0, max=0.0)
+
+    def spy(module, query, key, value, attention_mask, dropout=0.0, scaling=None, softcap=None, **kw):
+        k = mod.repeat_kv(key, module.num_key_value_groups)
+        scores = (torch.matmul(query, k.transpose(2, 3)) * scaling).abs()
+        visible = torch.ones_like(scores, dtype=torch.bool)
+        if attention_mask is not None:
+            visible = visible & (attention_mask[:, :, :, : k.shape[-2]] == 0)
+        seen["calls"] += 1
+        seen["visible"] += int(visible.sum())
+        seen["over"] += int((visible & (scores > softcap)).sum())
+        seen["max"] = max(seen["max"], float(scores[visible].max()))
+        return original(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, softcap=softcap, **kw)
+
+    mod.eager_attention_forward = spy
+    try:
+        raw_over, raw_total, raw_max = 0, 0, 0.0
+        for ids in prompt_ids:
+            out = model(input_ids=torch.tensor([ids]), use_cache=False, output_hidden_states=True)
+            raw = model.lm_head(out.hidden_states[-1])  # hidden_states[-1] is after the final norm
+            cap = model.config.final_logit_softcapping
+            assert torch.allclose(cap * torch.tanh(raw / cap), out.logits, atol=1e-5)
+            raw_over += int((raw.abs() > cap).sum())
+            raw_total += raw.numel()
+            raw_max = max(raw_max, float(raw.abs().max()))
+    finally:
+        mod.eager_attention_forward = original
+    acap = model.config.attn_logit_softcapping
+    fcap = model.config.final_logit_softcapping
+    assert seen["calls"] > 0, "the eager attention spy was never called"
+    assert seen["over"] > 0.01 * seen["visible"] and seen["max"] > 1.5 * acap, (name, seen)
+    assert raw_over > 0.01 * raw_total and raw_max > 1.5 * fcap, (name, raw_over, raw_total, raw_max)
+    msg = (
+        f"Soft-caps active: {seen['over']}/{seen['visible']} visible attention scores beyond the cap {acap} "
+        f"(max |score| {seen['max']:.1f}); {raw_over}/{raw_total} logits beyond the cap {fcap} (max |logit| {raw_max:.1f})."
+    )
+    print(f"  {name}: {msg}")
+    return msg
+
+
+def _reference_logits(result: dict) -> list[torch.Tensor]:
+    return [r["logits"] for r in result["prompts"]]
+
+
+@torch.no_grad()
+def gemma3_legacy_check(name: str, model, tmp: Path, prompt_ids: list[list[int]], result: dict) -> str:
+    """The 4.x spelling of the Gemma 3 config; HF must read it as the same model."""
+    conf = json.loads((tmp / "config.json").read_text())
+    rp = conf.pop("rope_parameters")
+    full, sliding = dict(rp["full_attention"]), dict(rp["sliding_attention"])
+    conf.pop("layer_types")
+    conf["torch_dtype"] = conf.pop("dtype")
+    conf["rope_theta"] = full.pop("rope_theta")
+    conf["rope_local_base_freq"] = sliding.pop("rope_theta")
+    assert sliding == {"rope_type": "default"}, sliding
+    conf["rope_scaling"] = full if full.get("rope_type", "default") != "default" else None
+    pattern = model.config.layer_types.index("full_attention") + 1
+    conf["sliding_window_pattern"] = pattern
+    conf.pop("_sliding_window_pattern", None)  # what transformers 5 writes; 4.x files have only the above
+    text = json.dumps(dict(sorted(conf.items())), indent=2) + "\n"
+    with tempfile.TemporaryDirectory() as tmp2:
+        for f in tmp.iterdir():
+            shutil.copyfile(f, Path(tmp2) / f.name)
+        (Path(tmp2) / "config.json").write_text(text)
+        legacy = AutoModelForCausalLM.from_pretrained(tmp2, dtype=torch.float32, attn_implementation="eager").eval()
+    assert legacy.config.rope_parameters == model.config.rope_parameters, legacy.config.rope_parameters
+    assert legacy.config.layer_types == model.config.layer_types, legacy.config.layer_types
+    for ids, want in zip(prompt_ids, _reference_logits(result)):
+        got = legacy(input_ids=torch.tensor([ids]), use_cache=False).logits[0].float()
+        assert torch.equal(got, want), f"{name}: legacy config changes HF's logits"
+    print(f"  {name}: legacy config (pattern {pattern}) reads back as the same model")
+    return text
+
+
+@torch.no_grad()
+def gemma3_multimodal_check(name: str, model, prompt_ids: list[list[int]], result: dict) -> str:
+    """Gemma3ForConditionalGeneration around the same text weights: its config.json nests the text
+    model's under text_config and its checkpoint names them language_model.model.*; text-only input
+    must give the same logits."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, SiglipVisionConfig
+
+    vision = SiglipVisionConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14
+    )
+    text_dict = model.config.to_dict()
+    text_dict.pop("_name_or_path", None)  # the temporary folder the reference was loaded from
+    text_cfg = type(model.config).from_dict(text_dict)
+    mm_cfg = Gemma3Config(
+        text_config=text_cfg,
+        vision_config=vision,
+        mm_tokens_per_image=4,
+        eos_token_id=model.config.eos_token_id,
+        bos_token_id=model.config.bos_token_id,
+    )
+    torch.manual_seed(0)
+    mm = Gemma3ForConditionalGeneration(mm_cfg).eval()
+    missing = mm.model.language_model.load_state_dict(model.model.state_dict(), strict=True)
+    assert not missing.missing_keys and not missing.unexpected_keys
+    mm.tie_weights()
+    with tempfile.TemporaryDirectory() as tmp2:
+        mm.save_pretrained(tmp2)
+        # transformers 5.17 names these model.language_model.* in memory but saves them the way the
+        # hub's 4.x checkpoints do: language_model.model.* (the engine reads both).
+        names = set(load_file(str(Path(tmp2) / "model.safetensors")))
+        want = {"language_model.model." + k for k in model.model.state_dict()}
+        assert want <= names, (sorted(want - names)[:5], sorted(names)[:5])
+        assert not any("lm_head" in n for n in names)  # tied
+        text = (Path(tmp2) / "config.json").read_text()
+        back = Gemma3ForConditionalGeneration.from_pretrained(tmp2, dtype=torch.float32, attn_implementation="eager")
+        back.eval()
+    conf = json.loads(text)
+    assert conf["model_type"] == "gemma3" and conf["text_config"]["model_type"] == "gemma3_text"
+    worst = 0.0
+    for ids, want_logits in zip(prompt_ids, _reference_logits(result)):
+        got = back(input_ids=torch.tensor([ids]), use_cache=False).logits[0].float()
+        worst = max(worst, float((got - want_logits).abs().max()))
+    assert worst < 1e-5, f"{name}: Gemma3ForConditionalGeneration logits differ by {worst}"
+    print(f"  {name}: Gemma3ForConditionalGeneration config + language_model.model.* names agree (max diff {worst:.1e})")
+    return text
 
 
 @torch.no_grad()

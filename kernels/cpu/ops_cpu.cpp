@@ -90,15 +90,41 @@ void rope(float* x, int n, int stride, int col0, int n_heads, int head_dim, cons
     }
 }
 
-void silu_mul(float* out, const float* gate_up, int n, int I) {
+void gated_act(Activation act, float* out, const float* gate_up, int n, int I) {
 #pragma omp parallel for if (int64_t(n) * I > 32768)
     for (int i = 0; i < n; ++i) {
         const float* g = gate_up + int64_t(i) * 2 * I;
         const float* u = g + I;
         float* o = out + int64_t(i) * I;
+        switch (act) {
+            case Activation::SiLU:
 #pragma omp simd
-        for (int j = 0; j < I; ++j) o[j] = g[j] / (1.0f + exp_f32(-g[j])) * u[j];
+                for (int j = 0; j < I; ++j) o[j] = g[j] / (1.0f + exp_f32(-g[j])) * u[j];
+                break;
+            case Activation::GeluTanh: {
+                // 0.5·g·(1 + tanh(z)) = g·sigmoid(2z) = g / (1 + e^(-2z)), z = √(2/π)(g + 0.044715 g³)
+                constexpr float kBeta = 0.7978845608028654f, kKappa = 0.044715f;
+#pragma omp simd
+                for (int j = 0; j < I; ++j) {
+                    const float x = g[j];
+                    const float z = kBeta * (x + kKappa * x * x * x);
+                    o[j] = x / (1.0f + exp_f32(-2.0f * z)) * u[j];
+                }
+                break;
+            }
+            case Activation::Gelu:
+                for (int j = 0; j < I; ++j) {
+                    const float x = g[j];
+                    o[j] = x * 0.5f * (1.0f + std::erf(x * float(M_SQRT1_2))) * u[j];
+                }
+                break;
+        }
     }
+}
+
+void softcap(float* x, int64_t count, float cap) {
+#pragma omp parallel for if (count > 65536)
+    for (int64_t i = 0; i < count; ++i) x[i] = std::tanh(x[i] / cap) * cap;
 }
 
 void add(float* x, const float* y, int64_t count) {
@@ -106,8 +132,17 @@ void add(float* x, const float* y, int64_t count) {
     for (int64_t i = 0; i < count; ++i) x[i] += y[i];
 }
 
-void embed(float* x, const float* table, const int32_t* tokens, int n, int d) {
-    for (int i = 0; i < n; ++i) std::memcpy(x + int64_t(i) * d, table + int64_t(tokens[i]) * d, sizeof(float) * size_t(d));
+void embed(float* x, const float* table, const int32_t* tokens, int n, int d, float scale) {
+    for (int i = 0; i < n; ++i) {
+        float* row = x + int64_t(i) * d;
+        const float* src = table + int64_t(tokens[i]) * d;
+        if (scale == 1.0f) {
+            std::memcpy(row, src, sizeof(float) * size_t(d));
+        } else {
+#pragma omp simd
+            for (int j = 0; j < d; ++j) row[j] = src[j] * scale;
+        }
+    }
 }
 
 void head_rmsnorm(float* x, int n, int stride, int col0, int n_heads, int head_dim, const float* w, float eps) {
@@ -191,8 +226,18 @@ void attention(float* out, const float* q, int q_stride, int n_seqs, const int32
 namespace stitch {
 
 const Ops& cpu_ops() {
-    static const Ops ops{Device::CPU,      "cpu",         cpu::embed,    cpu::matmul_wt, cpu::rmsnorm, cpu::head_rmsnorm,
-                         cpu::rope,        cpu::silu_mul, cpu::add,      cpu::copy2d,    cpu::attention};
+    static const Ops ops{.device = Device::CPU,
+                         .name = "cpu",
+                         .embed = cpu::embed,
+                         .matmul_wt = cpu::matmul_wt,
+                         .rmsnorm = cpu::rmsnorm,
+                         .head_rmsnorm = cpu::head_rmsnorm,
+                         .rope = cpu::rope,
+                         .gated_act = cpu::gated_act,
+                         .softcap = cpu::softcap,
+                         .add = cpu::add,
+                         .copy2d = cpu::copy2d,
+                         .attention = cpu::attention};
     return ops;
 }
 

@@ -4,6 +4,8 @@
 #pragma once
 #include <cstdint>
 
+#include "engine/model_config.h"
+
 namespace stitch::cpu {
 
 // y[n, out] = x[n, in] · W[out, in]^T (+ bias[out]). BLAS sgemm (sgemv when n == 1).
@@ -17,14 +19,21 @@ void rmsnorm(float* y, const float* x, const float* w, int n, int d, float eps);
 void rope(float* x, int n, int stride, int col0, int n_heads, int head_dim, const int32_t* pos,
           const float* inv_freq);
 
-// out[n, I] = silu(gu[:, :I]) * gu[:, I:]  (gate and up computed by one fused GEMM).
-void silu_mul(float* out, const float* gate_up, int n, int I);
+// out[n, I] = act(gu[:, :I]) * gu[:, I:]  (gate and up computed by one fused GEMM):
+//   SiLU      g / (1 + e^-g)                                  (SwiGLU)
+//   GeluTanh  0.5 g (1 + tanh(√(2/π) (g + 0.044715 g³)))     (GeGLU, HF gelu_pytorch_tanh),
+//             computed as g / (1 + e^(-2·inner)), the same function, so that it vectorises
+//   Gelu      0.5 g (1 + erf(g / √2))                         (exact GELU, HF "gelu")
+void gated_act(Activation act, float* out, const float* gate_up, int n, int I);
+
+// x = cap * tanh(x / cap), in that order of float operations (HF's soft-cap).
+void softcap(float* x, int64_t count, float cap);
 
 // x += y, n*d elements.
 void add(float* x, const float* y, int64_t count);
 
-// x[i] = table[tokens[i]].
-void embed(float* x, const float* table, const int32_t* tokens, int n, int d);
+// x[i] = table[tokens[i]] * scale (a plain copy when scale is 1).
+void embed(float* x, const float* table, const int32_t* tokens, int n, int d, float scale);
 
 // RMSNorm over head slices in place (see engine/ops.h).
 void head_rmsnorm(float* x, int n, int stride, int col0, int n_heads, int head_dim, const float* w, float eps);
@@ -37,7 +46,9 @@ void copy2d(float* dst, int dst_ld, const float* src, int src_ld, int rows, int 
 // pos0[s], pos0[s] + 1, …; its keys/values for this layer are k_base[s] / v_base[s], rows
 // [0, pos0[s] + len[s]) of kv_stride floats (kv head g at columns [g*hd, (g+1)*hd)).
 //   q: [rows, q_stride], head h at columns [h*hd, (h+1)*hd); out: [rows, n_heads*hd].
-//   window: 0 = every key up to the query's position; W = keys in (pos - W, pos].
+//   window: 0 = every key up to the query's position; W = keys in (pos - W, pos], i.e. W keys
+//           counting the query's own (HF: kv_idx > q_idx - sliding_window; a key exactly W back
+//           is not seen, and HF's sliding cache keeps W - 1 past keys).
 //   softcap: 0 = off; else scores become softcap·tanh(score/softcap) before the softmax.
 // Scores for a block of queries are one small GEMM (Q·Kᵀ), then masked softmax, then P·V.
 void attention(float* out, const float* q, int q_stride, int n_seqs, const int32_t* row0, const int32_t* len,

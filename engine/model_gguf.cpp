@@ -1,0 +1,26 @@
+// Loading a model from one GGUF file: config from its metadata, weights dequantized to
+// float32, tokenizer (and chat template) rebuilt from its embedded vocabulary.
+#include "engine/error.h"
+#include "engine/gguf.h"
+#include "engine/model.h"
+#include "models/gguf_model.h"
+
+namespace stitch {
+
+Model load_gguf_model(const std::filesystem::path& path) {
+    GGUFFile f(path);
+    Model m;
+    m.path = path.string();
+    m.config = gguf_model_config(f);
+    // Cheap checks first: the vocabulary before any weight is dequantized.
+    m.tokenizer = Tokenizer::from_gguf(f);
+    if (m.tokenizer.vocab_size() > m.config.vocab_size)
+        fail(m.path, "tokenizer has {} tokens but the model's vocabulary is {}", m.tokenizer.vocab_size(),
+             m.config.vocab_size);
+    m.weights = gguf_model_weights(f, m.config);
+    m.weight_dtypes = f.type_summary();
+    m.inv_freq = gguf_layer_inv_freq(f, m.config);
+    return m;
+}
+
+}  // namespace stitch
