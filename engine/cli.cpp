@@ -15,6 +15,7 @@
 #include "engine/error.h"
 #include "engine/forward.h"
 #include "engine/generate.h"
+#include "engine/gguf.h"
 #include "engine/lora.h"
 #include "engine/model.h"
 #include "engine/progress.h"
@@ -194,7 +195,9 @@ int cmd_inspect(int argc, char** argv) {
 int cmd_tokenize(int argc, char** argv) {
     Args a = Args::parse(argc, argv, 2, {}, {"--no-special", "--pieces"});
     if (a.positional.size() != 2) fail("tokenize", "expects MODEL and TEXT");
-    Tokenizer t = Tokenizer::load_dir(a.positional[0]);
+    const std::string& path = a.positional[0];
+    if (!std::filesystem::exists(path)) fail(path, "no such file or folder");
+    Tokenizer t = std::filesystem::is_directory(path) ? Tokenizer::load_dir(path) : Tokenizer::from_gguf(GGUFFile(path));
     auto ids = t.encode(a.positional[1], !a.has("--no-special"));
     if (a.has("--pieces")) {
         for (auto id : ids) fmt::print("{}\t{}\n", id, t.token_text(id));
