@@ -181,8 +181,14 @@ int cmd_inspect(int argc, char** argv) {
     fmt::print("vocab        {}{}\n", c.vocab_size, c.tied_embeddings ? " (tied embeddings)" : "");
     fmt::print("attention    {}{}{}\n", c.qkv_bias ? "q/k/v biases" : "no biases", c.qk_norm ? ", q/k RMSNorm" : "",
                n_window ? fmt::format(", {} sliding-window layers", n_window) : std::string());
-    fmt::print("rope         {} theta {}{}\n", rope_type_name(c.rope.type), c.rope.theta,
-               c.rope.type == RopeType::Default ? std::string() : fmt::format(", factor {}", c.rope.factor));
+    fmt::print("rope         {} theta {}{}{}\n", rope_type_name(c.rope.type), c.rope.theta,
+               c.rope.type == RopeType::Default ? std::string() : fmt::format(", factor {}", c.rope.factor),
+               c.has_rope_local ? fmt::format("; sliding layers theta {}", c.rope_local.theta) : std::string());
+    fmt::print("mlp          {}{}\n", c.act == Activation::SiLU ? "SwiGLU" : c.act == Activation::GeluTanh ? "GeGLU (tanh GELU)" : "GeGLU (erf GELU)",
+               c.post_norms ? ", post-attention and post-MLP norms" : "");
+    if (c.embed_scale != 1.0f || c.attn_softcap > 0 || c.final_softcap > 0)
+        fmt::print("gemma        embeddings x{:.4f}, attention soft-cap {}, final soft-cap {}, attention scale {:.5f}\n",
+                   c.embed_scale, c.attn_softcap, c.final_softcap, c.attn_scale);
     fmt::print("norm eps     {}\n", c.norm_eps);
     fmt::print("eos ids      {}\n", fmt::join(c.eos_ids, ", "));
     fmt::print("dtypes       stored {}; computed F32 on CPU\n", m.weight_dtypes);

@@ -41,6 +41,31 @@ struct Keys {
     }
 };
 
+// Which layers attend through a sliding window, as llama.cpp reads Gemma 2/3 files:
+// {arch}.attention.sliding_window_pattern is a period n (layer L is local iff L % n < n - 1, so
+// n = 1 means no local layers and n = 0 all local; llama_hparams::set_swa_pattern) or one bool per
+// layer; without it the architecture's period (Gemma 2: 2, Gemma 3: 6).
+std::vector<bool> gguf_local_layers(const GGUFFile& f, const std::string& key, int n_layers, int default_period) {
+    std::vector<bool> out(static_cast<size_t>(n_layers));
+    auto it = f.metadata().find(key);
+    if (it != f.metadata().end()) {
+        if (const auto* a = std::get_if<GGUFValue::Array>(&it->second.v)) {
+            if (int64_t(a->size()) != n_layers)
+                fail(f.path(), "{} has {} entries for {} layers", key, a->size(), n_layers);
+            for (size_t L = 0; L < a->size(); ++L) {
+                const bool* b = std::get_if<bool>(&(*a)[L].v);
+                if (!b) fail(f.path(), "{}[{}] is not a bool", key, L);
+                out[L] = *b;
+            }
+            return out;
+        }
+    }
+    const int64_t n = it == f.metadata().end() ? default_period : f.get_int(key);
+    if (n < 0 || n > (1 << 20)) fail(f.path(), "metadata key '{}' = {} is out of range [0, {}]", key, n, 1 << 20);
+    for (int L = 0; L < n_layers; ++L) out[size_t(L)] = n == 0 || L % n < n - 1;
+    return out;
+}
+
 std::optional<int32_t> token_id(const GGUFFile& f, const char* key, int vocab) {
     auto v = f.find_int(key);
     if (!v) return std::nullopt;
@@ -267,23 +292,43 @@ ModelConfig gguf_model_config(const GGUFFile& f) {
         const bool is_27b = (c.family == Family::Gemma2 && c.n_layers == 46) || (c.family == Family::Gemma3 && c.n_layers == 62);
         if (is_27b) c.attn_scale = float(1.0 / std::sqrt(double(c.hidden / c.n_heads)));
     }
+    // Local RoPE base (rope.freq_base_swa): the converter writes it from transformers-5 configs
+    // (rope_parameters keyed by layer type); llama.cpp reads it for Gemma 2/3 when present.
+    auto swa_base = [&](double fallback) {
+        const double b = k.get_float("rope.freq_base_swa", fallback);
+        if (!(b > 0)) fail(p, "{} must be positive", k.key("rope.freq_base_swa"));
+        return b;
+    };
     if (c.family == Family::Gemma2) {
         c.attn_softcap = float(k.get_float("attn_logit_softcapping", 50.0));
         c.final_softcap = float(k.get_float("final_logit_softcapping", 30.0));
         const int window = k.get_int("attention.sliding_window", 4096, 1, 1 << 30);
-        for (int L = 0; L < c.n_layers; L += 2) c.layer_window[size_t(L)] = window;  // even layers are local
+        // By default even layers are local (HF: layer 0 sliding; llama.cpp: period 2).
+        const auto local = gguf_local_layers(f, k.key("attention.sliding_window_pattern"), c.n_layers, 2);
+        for (int L = 0; L < c.n_layers; ++L)
+            if (local[size_t(L)]) c.layer_window[size_t(L)] = window;
+        // Local layers share the global RoPE (scaling included) unless the file gives them a base.
+        if (const double b = swa_base(c.rope.theta); b != c.rope.theta) {
+            c.has_rope_local = true;
+            c.rope_local = c.rope;
+            c.rope_local.theta = b;
+        }
     }
     if (c.family == Family::Gemma3) {
         c.qk_norm = true;
         if (auto fs = f.find_float(k.key("final_logit_softcapping"))) c.final_softcap = float(*fs);
-        const int window = k.get_int("attention.sliding_window", 512, 1, 1 << 30);
-        // 5 local : 1 global; local layers use RoPE base 10000 without scaling (llama.cpp and HF both
-        // fix it; the file stores only the global base).
-        for (int L = 0; L < c.n_layers; ++L)
-            if ((L + 1) % 6 != 0) c.layer_window[size_t(L)] = window;
+        // llama.cpp: without a positive attention.sliding_window every layer is global; with one,
+        // 5 local : 1 global unless sliding_window_pattern says otherwise. Local layers use RoPE base
+        // 10000 (or rope.freq_base_swa) without scaling, as in HF; the scaling is the global layers'.
+        const int window = k.get_int("attention.sliding_window", 0, 0, 1 << 30);
+        if (window > 0) {
+            const auto local = gguf_local_layers(f, k.key("attention.sliding_window_pattern"), c.n_layers, 6);
+            for (int L = 0; L < c.n_layers; ++L)
+                if (local[size_t(L)]) c.layer_window[size_t(L)] = window;
+        }
         c.has_rope_local = true;
         c.rope_local = RopeConfig{};
-        c.rope_local.theta = 10000.0;
+        c.rope_local.theta = swa_base(10000.0);
     }
 
     // Generation facts. llama.cpp stops at any end-of-generation token: eos, eot (end of turn,

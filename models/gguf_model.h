@@ -1,5 +1,5 @@
 // GGUF files (llama.cpp's format) → ModelConfig + float32 Weights, for the architectures
-// llama, qwen2 and qwen3. GGUF stores every matrix with ggml's shape [in, out] (the HF
+// llama, qwen2, qwen3, gemma, gemma2 and gemma3. GGUF stores every matrix with ggml's shape [in, out] (the HF
 // [out, in] matrix, row-major, dimensions listed fastest-first), so dequantizing in file
 // order gives the HF layout directly.
 //

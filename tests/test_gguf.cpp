@@ -2,7 +2,9 @@
 // (fixtures from tools/make_gguf_fixtures.py), v2 files, malformed and fuzzed files giving one
 // stitch::Error, and GGUF → ModelConfig + Weights for llama / qwen2 / qwen3 checked against
 // the HF fixture folders they were converted from (including llama.cpp's q/k row permutation
-// and Llama 3 rope_freqs).
+// and Llama 3 rope_freqs). Gemma 1 / 2 / 3 files (converted as convert_hf_to_gguf.py does from
+// tiny HF models whose settings GGUF can express) give HF transformers' logits and greedy
+// continuations and the HF config; Gemma's sliding-window pattern and local RoPE keys.
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -13,6 +15,8 @@
 
 #include "engine/dtype.h"
 #include "engine/error.h"
+#include "engine/forward.h"
+#include "engine/generate.h"
 #include "engine/gguf.h"
 #include "engine/model.h"
 #include "engine/safetensors.h"
@@ -756,5 +760,240 @@ TEST_CASE("gguf: unsupported architectures, missing keys and tensors, wrong shap
         ModelConfig c = gguf_model_config(GGUFFile(p));
         CHECK(c.rope.type == RopeType::Linear);
         CHECK(c.rope.factor == 4.0);
+    }
+}
+
+namespace {
+
+// tools/make_gguf_fixtures.py: <name>.gguf and <name>/ (the HF config.json, generation_config.json
+// and reference.safetensors of the same model).
+const char* kGemmaFiles[] = {"gemma_tiny", "gemma2_tiny", "gemma3_tiny"};
+
+struct GemmaReference {
+    SafetensorsFile file;
+    int n_prompts;
+    explicit GemmaReference(const std::string& name)
+        : file(gguf_fixture(name + "/reference.safetensors")), n_prompts(std::stoi(file.metadata().at("n_prompts"))) {}
+    std::vector<int32_t> ids(int i) const { return file.to_i32(file.get(fmt::format("prompt.{}.ids", i))); }
+    std::vector<int32_t> greedy(int i) const { return file.to_i32(file.get(fmt::format("prompt.{}.greedy", i))); }
+    std::vector<float> logits(int i) const { return file.to_f32(file.get(fmt::format("prompt.{}.logits", i))); }
+    std::string text(int i) const { return file.metadata().at(fmt::format("prompt.{}.text", i)); }
+};
+
+}  // namespace
+
+TEST_CASE("gguf: Gemma 1 / 2 / 3 files give HF's logits and greedy continuations") {
+    for (const char* name : kGemmaFiles) {
+        SUBCASE(name) {
+            const Model m = load_model(gguf_fixture(std::string(name) + ".gguf"));
+            const GemmaReference ref(name);
+            REQUIRE(ref.n_prompts >= 3);
+            const size_t V = size_t(m.config.vocab_size);
+            double worst = 0;
+            std::vector<std::vector<int32_t>> prompts;
+            for (int i = 0; i < ref.n_prompts; ++i) {
+                CAPTURE(i);
+                const auto ids = ref.ids(i);
+                prompts.push_back(ids);
+                // the file's vocabulary (gpt2 + llama-bpe, add_bos_token) tokenizes as HF does
+                CHECK(m.tokenizer.encode(ref.text(i), true) == ids);
+                KVCache kv(m.config, int(ids.size()));
+                RunState st;
+                SeqInput in{&kv, ids};
+                ForwardOptions fo;
+                fo.all_logits = true;
+                const auto logits = forward(m, st, std::span<const SeqInput>(&in, 1), fo);
+                const auto want = ref.logits(i);
+                REQUIRE(logits.size() == ids.size() * V);
+                REQUIRE(want.size() == logits.size());
+                const double e = test::rel_err(logits, want);
+                worst = std::max(worst, e);
+                CHECK(e <= 1e-4);
+            }
+            GenerateOptions go;
+            go.max_new_tokens = 16;
+            go.stop_at_eos = false;
+            for (int i = 0; i < ref.n_prompts; ++i) {
+                CAPTURE(i);
+                CHECK(generate(m, {prompts[size_t(i)]}, go)[0].new_ids == ref.greedy(i));
+            }
+            const auto batched = generate(m, prompts, go);
+            for (int i = 0; i < ref.n_prompts; ++i) {
+                CAPTURE(i);
+                CHECK(batched[size_t(i)].new_ids == ref.greedy(i));
+            }
+            MESSAGE(std::string(name) << ": worst relative logit error vs HF " << worst);
+        }
+    }
+}
+
+TEST_CASE("gguf: Gemma 1 / 2 / 3 model config equals the HF config of the same model") {
+    auto same_rope = [](const RopeConfig& a, const RopeConfig& b) {
+        CHECK(a.theta == b.theta);
+        CHECK(a.type == b.type);
+        CHECK(a.factor == b.factor);
+        CHECK(a.low_freq_factor == b.low_freq_factor);
+        CHECK(a.high_freq_factor == b.high_freq_factor);
+        CHECK(a.original_max_position == b.original_max_position);
+    };
+    for (const char* name : kGemmaFiles) {
+        CAPTURE(name);
+        GGUFFile f(gguf_fixture(std::string(name) + ".gguf"));
+        const ModelConfig g = gguf_model_config(f);
+        const ModelConfig h = load_hf_config(gguf_fixture(name));
+        // model_type is the file's architecture name: "gemma3" for HF's "gemma3_text"
+        CHECK(g.model_type == (h.model_type == "gemma3_text" ? "gemma3" : h.model_type));
+        CHECK(g.family == h.family);
+        CHECK(g.vocab_size == h.vocab_size);
+        CHECK(g.hidden == h.hidden);
+        CHECK(g.n_layers == h.n_layers);
+        CHECK(g.n_heads == h.n_heads);
+        CHECK(g.n_kv_heads == h.n_kv_heads);
+        CHECK(g.head_dim == h.head_dim);
+        CHECK(g.intermediate == h.intermediate);
+        CHECK(g.max_position == h.max_position);
+        CHECK(g.norm_eps == h.norm_eps);
+        CHECK(g.tied_embeddings == h.tied_embeddings);
+        CHECK(g.qkv_bias == h.qkv_bias);
+        CHECK(g.o_bias == h.o_bias);
+        CHECK(g.mlp_bias == h.mlp_bias);
+        CHECK(g.qk_norm == h.qk_norm);
+        CHECK(g.act == h.act);
+        CHECK(g.norm_plus_one == h.norm_plus_one);
+        CHECK(g.embed_scale == h.embed_scale);
+        CHECK(g.post_norms == h.post_norms);
+        CHECK(g.attn_softcap == h.attn_softcap);
+        CHECK(g.final_softcap == h.final_softcap);
+        CHECK(g.layer_window == h.layer_window);
+        CHECK(g.attn_scale == h.attn_scale);
+        CHECK(g.has_rope_local == h.has_rope_local);
+        same_rope(g.rope, h.rope);
+        if (h.has_rope_local) same_rope(g.rope_local, h.rope_local);
+        CHECK(g.eos_ids == h.eos_ids);
+        CHECK(g.bos_id == h.bos_id);
+        CHECK(g.pad_id == h.pad_id);
+        const auto inv = gguf_layer_inv_freq(f, g);
+        REQUIRE(int(inv.size()) == h.n_layers);
+        for (int L = 0; L < h.n_layers; ++L) CHECK(inv[size_t(L)] == rope_inv_freq(h.rope_of(L), h.head_dim));
+    }
+    // What the fixtures exercise (so the equalities above are not vacuous).
+    const ModelConfig g1 = gguf_model_config(GGUFFile(gguf_fixture("gemma_tiny.gguf")));
+    CHECK(g1.head_dim * g1.n_heads != g1.hidden);  // attention.key_length honoured
+    CHECK(g1.act == Activation::GeluTanh);
+    const ModelConfig g2 = gguf_model_config(GGUFFile(gguf_fixture("gemma2_tiny.gguf")));
+    CHECK(g2.attn_softcap == 4.0f);
+    CHECK(g2.final_softcap == 6.0f);
+    CHECK(g2.layer_window == std::vector<int>{16, 0, 16, 0});
+    const ModelConfig g3 = gguf_model_config(GGUFFile(gguf_fixture("gemma3_tiny.gguf")));
+    CHECK(g3.layer_window == std::vector<int>{8, 8, 8, 8, 8, 0, 8});
+    CHECK(g3.rope.type == RopeType::Linear);
+    CHECK(g3.rope.factor == 8.0);
+    CHECK(g3.rope.theta == 1e6);
+    CHECK(g3.rope_local.theta == 1e4);
+    CHECK(g3.rope_local.type == RopeType::Default);
+    CHECK(g3.final_softcap == 12.0f);
+}
+
+TEST_CASE("gguf: Gemma 2 / 3 sliding-window pattern, local RoPE base and window keys") {
+    test::TempDir dir;
+    auto p = dir / "g.gguf";
+    // Metadata gguf_model_config reads, 7 layers; token_embd gives the vocabulary.
+    auto gemma = [](const std::string& arch) {
+        GGUFBuilder b;
+        b.kv_str("general.architecture", arch);
+        auto k = [&](const char* s) { return arch + "." + s; };
+        b.kv_u32(k("block_count"), 7).kv_u32(k("embedding_length"), 8).kv_u32(k("feed_forward_length"), 16);
+        b.kv_u32(k("attention.head_count"), 2).kv_u32(k("attention.head_count_kv"), 1);
+        b.kv_u32(k("attention.key_length"), 4).kv_f32(k("attention.layer_norm_rms_epsilon"), 1e-6f);
+        b.tensor_f32("token_embd.weight", {8, 5}, std::vector<float>(40, 0.25f));
+        return b;
+    };
+    auto config = [&](const GGUFBuilder& b) {
+        b.write(p);
+        return gguf_model_config(GGUFFile(p));
+    };
+    // one bool per layer, as gguf-py's add_sliding_window_pattern writes a sequence
+    auto bools = [](const std::vector<bool>& v) {
+        std::string s = GGUFBuilder::bytes_of(uint32_t(7)) + GGUFBuilder::bytes_of(uint64_t(v.size()));
+        for (bool x : v) s += char(x);
+        return s;
+    };
+    {  // Gemma 3 defaults: 5 local : 1 global, local base 10000 unscaled, global base and scaling stored
+        auto b = gemma("gemma3");
+        b.kv_u32("gemma3.attention.sliding_window", 32).kv_f32("gemma3.rope.freq_base", 1e6f);
+        b.kv_str("gemma3.rope.scaling.type", "linear").kv_f32("gemma3.rope.scaling.factor", 8.0f);
+        const ModelConfig c = config(b);
+        CHECK(c.layer_window == std::vector<int>{32, 32, 32, 32, 32, 0, 32});
+        CHECK(c.has_rope_local);
+        CHECK(c.rope_local.theta == 10000.0);
+        CHECK(c.rope_local.type == RopeType::Default);
+        CHECK(c.rope.type == RopeType::Linear);
+        CHECK(&c.rope_of(4) == &c.rope_local);
+        CHECK(&c.rope_of(5) == &c.rope);
+        CHECK(c.final_softcap == 0.0f);
+    }
+    {  // a period, and a local base
+        auto b = gemma("gemma3");
+        b.kv_u32("gemma3.attention.sliding_window", 32).kv_u32("gemma3.attention.sliding_window_pattern", 3);
+        b.kv_f32("gemma3.rope.freq_base_swa", 20000.0f);
+        const ModelConfig c = config(b);
+        CHECK(c.layer_window == std::vector<int>{32, 32, 0, 32, 32, 0, 32});
+        CHECK(c.rope_local.theta == 20000.0);
+    }
+    {  // one bool per layer
+        auto b = gemma("gemma3");
+        b.kv_u32("gemma3.attention.sliding_window", 32);
+        b.kv_raw("gemma3.attention.sliding_window_pattern", 9, bools({false, true, true, false, true, false, false}));
+        CHECK(config(b).layer_window == std::vector<int>{0, 32, 32, 0, 32, 0, 0});
+    }
+    {  // no window (or 0): every layer global, as in llama.cpp
+        CHECK(config(gemma("gemma3")).layer_window == std::vector<int>(7, 0));
+        auto b = gemma("gemma3");
+        b.kv_u32("gemma3.attention.sliding_window", 0);
+        CHECK(config(b).layer_window == std::vector<int>(7, 0));
+    }
+    {  // period 1: no local layers; period 0: all local
+        auto b = gemma("gemma3");
+        b.kv_u32("gemma3.attention.sliding_window", 32).kv_u32("gemma3.attention.sliding_window_pattern", 1);
+        CHECK(config(b).layer_window == std::vector<int>(7, 0));
+        b = gemma("gemma3");
+        b.kv_u32("gemma3.attention.sliding_window", 32).kv_u32("gemma3.attention.sliding_window_pattern", 0);
+        CHECK(config(b).layer_window == std::vector<int>(7, 32));
+    }
+    {  // Gemma 2: even layers local, window 4096 and soft-caps 50 / 30 by default; one RoPE
+        const ModelConfig c = config(gemma("gemma2"));
+        CHECK(c.layer_window == std::vector<int>{4096, 0, 4096, 0, 4096, 0, 4096});
+        CHECK(c.attn_softcap == 50.0f);
+        CHECK(c.final_softcap == 30.0f);
+        CHECK_FALSE(c.has_rope_local);
+        CHECK(c.rope.theta == 10000.0);
+    }
+    {  // Gemma 2 with a pattern and a local base: the local RoPE keeps the global scaling
+        auto b = gemma("gemma2");
+        b.kv_u32("gemma2.attention.sliding_window_pattern", 3).kv_f32("gemma2.rope.freq_base_swa", 5000.0f);
+        b.kv_str("gemma2.rope.scaling.type", "linear").kv_f32("gemma2.rope.scaling.factor", 2.0f);
+        const ModelConfig c = config(b);
+        CHECK(c.layer_window == std::vector<int>{4096, 4096, 0, 4096, 4096, 0, 4096});
+        CHECK(c.has_rope_local);
+        CHECK(c.rope_local.theta == 5000.0);
+        CHECK(c.rope_local.type == RopeType::Linear);
+        CHECK(c.rope_local.factor == 2.0);
+        CHECK(c.rope.theta == 10000.0);
+    }
+    {  // malformed patterns are errors naming the file and the key
+        auto b = gemma("gemma3");
+        b.kv_u32("gemma3.attention.sliding_window", 32);
+        b.kv_raw("gemma3.attention.sliding_window_pattern", 9, bools({true, false}));
+        b.write(p);
+        expect_error_in(p.string(), "gemma3.attention.sliding_window_pattern has 2 entries for 7 layers",
+                        [&] { gguf_model_config(GGUFFile(p)); });
+        b = gemma("gemma3");
+        b.kv_u32("gemma3.attention.sliding_window", 32).kv_str("gemma3.attention.sliding_window_pattern", "LLLLLG");
+        b.write(p);
+        expect_error_in(p.string(), "gemma3.attention.sliding_window_pattern", [&] { gguf_model_config(GGUFFile(p)); });
+        b = gemma("gemma3");
+        b.kv_f32("gemma3.rope.freq_base_swa", -1.0f);
+        b.write(p);
+        expect_error_in(p.string(), "gemma3.rope.freq_base_swa must be positive", [&] { gguf_model_config(GGUFFile(p)); });
     }
 }

@@ -23,9 +23,26 @@ Writes, deterministically (running it twice gives byte-identical files):
   qwen2.gguf            tests/fixtures/models/qwen2 (float16 safetensors): matrices F16, vectors F32,
                         so every weight equals the HF folder's exactly. Not permuted.
   qwen3.gguf            tests/fixtures/models/qwen3: matrices Q8_0, vectors F32. Not permuted.
+  gemma_tiny.gguf, gemma2_tiny.gguf, gemma3_tiny.gguf
+                        tiny random-weight HF Gemma 1 / 2 / 3 (gemma3_text) models made here with
+                        transformers, converted the way convert_hf_to_gguf.py converts architectures
+                        gemma / gemma2 / gemma3 (tensor names from gguf-py's TensorNameMap, every
+                        *norm.weight stored with its +1 added, no q/k permutation, lm_head dropped, the
+                        metadata keys each converter class writes), all tensors F32. They are separate
+                        models rather than conversions of tests/fixtures/models/gemma{,2,3_text} because
+                        GGUF cannot express those fixtures (see GEMMA_SPECS): their
+                        query_pre_attn_scalar differs from head_dim and Gemma 1's hidden_act "gelu"
+                        runs the exact erf GELU in transformers 5 while llama.cpp runs the tanh form.
+  gemma*_tiny/          beside each: the HF model's config.json and generation_config.json (so
+                        load_hf_config can read the same model) and reference.safetensors: HF float32
+                        eager logits (prompt.i.logits [T, vocab]), prompt ids and 16-token greedy
+                        continuations, as tools/make_fixtures.py computes them. The HF weights are not
+                        kept: the script checks that the GGUF holds exactly them (+1 on norms).
 
 Usage: tools/.venv/bin/python tools/make_gguf_fixtures.py
-Needs numpy, torch, safetensors and gguf (tools/requirements.txt). Never touches the network.
+Needs numpy, torch, safetensors and gguf; the Gemma part also transformers and tokenizers (all in
+tools/requirements.txt) and imports tools/make_fixtures.py for its model recipe. Never touches the
+network.
 """
 
 from __future__ import annotations
@@ -209,7 +226,8 @@ def llama3_rope_divisors(theta: float, head_dim: int, rp: dict) -> np.ndarray:
     return np.array(out, dtype=np.float32)
 
 
-def add_tokenizer(w: gguf.GGUFWriter, model_dir: Path, pre: str, eos: int, bos: int, eot: int | None, pad: int | None):
+def add_tokenizer(w: gguf.GGUFWriter, model_dir: Path, pre: str, eos: int, bos: int, eot: int | None, pad: int | None,
+                  add_bos: bool | None = None):
     tj = json.loads((model_dir / "tokenizer.json").read_text())
     vocab = dict(tj["model"]["vocab"])
     special = set()
@@ -233,6 +251,8 @@ def add_tokenizer(w: gguf.GGUFWriter, model_dir: Path, pre: str, eos: int, bos: 
         w.add_eot_token_id(eot)
     if pad is not None:
         w.add_pad_token_id(pad)
+    if add_bos is not None:
+        w.add_add_bos_token(add_bos)
 
 
 HF_TO_GGUF = {
@@ -324,6 +344,340 @@ def f16(_name: str, x: np.ndarray):
     return x.astype(np.float16), None
 
 
+# ----------------------------------------------------------------------------------------------
+# 3. Gemma 1 / 2 / 3: tiny HF models made here, converted as convert_hf_to_gguf.py converts them
+# ----------------------------------------------------------------------------------------------
+#
+# GGUF cannot express every HF Gemma config, so these are not conversions of the HF fixtures in
+# tests/fixtures/models/ but models of their own whose every setting survives conversion:
+#  - query_pre_attn_scalar (Gemma 2/3) is not stored; llama.cpp scales q·k by head_dim^-0.5
+#    (hidden/heads^-0.5 for the 27B models, told apart by their 46 / 62 layers). models/gemma2 has
+#    24 and models/gemma3_text 20 against head_dim 16. Here: query_pre_attn_scalar = head_dim.
+#  - Gemma 1's activation is not stored; llama.cpp runs the tanh GELU. models/gemma says hidden_act
+#    "gelu", which transformers 5 runs as the exact erf GELU. Here: hidden_act "gelu_pytorch_tanh".
+#  - The gemma and gemma2 converter classes write no rope.freq_base (llama.cpp's default: 10000)
+#    and no sliding-window pattern (gemma2: even layers local, HF's default too).
+#  - gemma3: no pattern either (llama.cpp: 5 local : 1 global, layer L global iff L % 6 == 5, HF's
+#    default); the local RoPE base is written as rope.freq_base_swa only from transformers-5 configs
+#    (rope_parameters keyed by layer type) and llama.cpp versions before that key hard-code 10000,
+#    so it is 10000 here (unscaled, as HF and llama.cpp both apply the linear scaling to global
+#    layers only).
+
+TINY_TOKENIZER = ROOT / "tests" / "fixtures" / "tiny_tokenizer" / "llama"
+GEMMA_ARCH = {"gemma": gguf.MODEL_ARCH.GEMMA, "gemma2": gguf.MODEL_ARCH.GEMMA2, "gemma3": gguf.MODEL_ARCH.GEMMA3}
+
+# name -> make_fixtures.py-style spec (+ arch). Small (hidden 32, GQA 2:1) so that three models and
+# their reference logits fit the fixture budget; the long prompt outruns both windows.
+GEMMA_SPECS = {
+    "gemma_tiny": dict(
+        arch="gemma",
+        style="llama",
+        seed=8008,
+        norm_mean=0.0,
+        embed_std=0.3,
+        final_norm=(-1.0, 1.0),
+        config=dict(
+            model_type="gemma",
+            hidden_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=24,  # not hidden / heads: attention.key_length must be honoured
+            intermediate_size=56,
+            hidden_act="gelu_pytorch_tanh",
+            tie_word_embeddings=True,
+            rms_norm_eps=1e-6,
+            max_position_embeddings=8192,
+            rope_parameters=dict(rope_type="default", rope_theta=10000.0),
+        ),
+    ),
+    # soft-caps lowered so that they bite (asserted below), a 16-token window on even layers
+    "gemma2_tiny": dict(
+        arch="gemma2",
+        style="llama",
+        seed=9009,
+        norm_mean=0.0,
+        embed_std=0.4,
+        final_norm=(-1.0, 1.0),
+        config=dict(
+            model_type="gemma2",
+            hidden_size=32,
+            num_hidden_layers=4,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=16,
+            intermediate_size=48,
+            hidden_activation="gelu_pytorch_tanh",
+            tie_word_embeddings=True,
+            rms_norm_eps=1e-6,
+            max_position_embeddings=8192,
+            query_pre_attn_scalar=16,
+            sliding_window=16,
+            attn_logit_softcapping=4.0,
+            final_logit_softcapping=6.0,
+            rope_parameters=dict(rope_type="default", rope_theta=10000.0),
+        ),
+    ),
+    # 7 layers = 5 local + 1 global + 1 local, 8-token window, local base 1e4 vs global 1e6 with
+    # linear x8 on the global layer only, q/k norms, final_logit_softcapping set (the converter
+    # writes it when truthy; HF Gemma3ForCausalLM applies it)
+    "gemma3_tiny": dict(
+        arch="gemma3",
+        style="llama",
+        seed=10010,
+        norm_mean=0.0,
+        embed_std=0.3,
+        final_norm=(-1.0, 1.0),
+        config=dict(
+            model_type="gemma3_text",
+            hidden_size=32,
+            num_hidden_layers=7,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=16,
+            intermediate_size=40,
+            hidden_activation="gelu_pytorch_tanh",
+            tie_word_embeddings=True,
+            rms_norm_eps=1e-6,
+            max_position_embeddings=32768,
+            query_pre_attn_scalar=16,
+            sliding_window=8,
+            final_logit_softcapping=12.0,
+            rope_parameters=dict(
+                sliding_attention=dict(rope_type="default", rope_theta=10000.0),
+                full_attention=dict(rope_type="linear", factor=8.0, rope_theta=1000000.0),
+            ),
+        ),
+    ),
+}
+
+
+def _mf():
+    """tools/make_fixtures.py: the model recipe (config, weight init, HF reference) shared with the HF fixtures."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import make_fixtures
+
+    return make_fixtures
+
+
+def gemma_prompts(mf) -> list[str]:
+    # make_fixtures' prompts minus the 40-token prose one (the reference logits are most of the
+    # bytes); "Total: 42 items ..." is 36 tokens, past both windows + 8.
+    return [mf.COMMON_PROMPTS[0], mf.COMMON_PROMPTS[1], mf.COMMON_PROMPTS[3], mf.LLAMA_SPECIAL_PROMPT]
+
+
+def check_llamacpp_expressible(name: str, arch: str, hp: dict) -> None:
+    """Everything this HF config says must be something a GGUF file of `arch` says too (see above)."""
+    n, hd = hp["num_hidden_layers"], hp["head_dim"]
+    rp = hp["rope_parameters"]
+    if arch == "gemma":
+        assert hp["hidden_act"] == "gelu_pytorch_tanh", name
+        assert rp == {"rope_type": "default", "rope_theta": 10000.0}, (name, rp)
+        return
+    assert hp["query_pre_attn_scalar"] == hd, (name, "llama.cpp scales q by head_dim^-0.5")
+    assert n not in (46, 62), (name, "llama.cpp would take this for a 27B model")
+    if arch == "gemma2":
+        assert rp == {"rope_type": "default", "rope_theta": 10000.0}, (name, rp)
+        want = ["sliding_attention" if i % 2 < 1 else "full_attention" for i in range(n)]
+    else:
+        assert rp["sliding_attention"] == {"rope_type": "default", "rope_theta": 10000.0}, (name, rp)
+        assert rp["full_attention"].get("rope_type", "default") in ("default", "linear"), (name, rp)
+        want = ["sliding_attention" if i % 6 < 5 else "full_attention" for i in range(n)]
+    assert hp["layer_types"] == want, (name, hp["layer_types"], want)
+
+
+@torch.no_grad()
+def check_gemma_semantics(mf, name: str, model, prompt_ids: list[list[int]]) -> str:
+    """What the model is for, asserted on the HF side; returns notes for the reference file."""
+    cfg = model.config
+    x = torch.linspace(-6, 6, 1001)
+    act = model.model.layers[0].mlp.act_fn
+    assert torch.equal(act(x), torch.nn.functional.gelu(x, approximate="tanh")), f"{name}: HF does not run the tanh GELU"
+    hd = cfg.head_dim
+    for layer in model.model.layers:
+        assert layer.self_attn.scaling == hd**-0.5, (name, layer.self_attn.scaling)
+    notes = f" HF runs the tanh GELU and scales q·k by head_dim^-0.5 = {hd ** -0.5}, as llama.cpp does."
+    if cfg.model_type != "gemma":
+        longest = max(len(p) for p in prompt_ids)
+        assert longest > cfg.sliding_window + 8, (name, longest, cfg.sliding_window)
+        notes += f" layer_types {cfg.layer_types}, sliding_window {cfg.sliding_window}, longest prompt {longest} tokens."
+    if cfg.model_type == "gemma2":
+        notes += " " + mf.softcap_activity(name, model, prompt_ids)
+    return notes
+
+
+def write_gemma_gguf(path: Path, name: str, arch: str, hp: dict, gen: dict, state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """The GGUF convert_hf_to_gguf.py's GemmaModel / Gemma2Model / Gemma3Model would write with
+    --outtype f32. Returns the tensors written (GGUF name -> float32 array, numpy order)."""
+    n_layers, head_dim = hp["num_hidden_layers"], hp["head_dim"]
+    w = gguf.GGUFWriter(None, gguf.MODEL_ARCH_NAMES[GEMMA_ARCH[arch]])
+    w.add_type(gguf.GGUFType.MODEL)
+    w.add_name(f"stitch fixture {name}")
+    if arch in ("gemma", "gemma2"):
+        # GemmaModel / Gemma2Model.set_gguf_parameters (neither calls TextModel's: no rope keys)
+        w.add_context_length(hp["max_position_embeddings"])
+        w.add_embedding_length(hp["hidden_size"])
+        w.add_block_count(n_layers)
+        w.add_feed_forward_length(hp["intermediate_size"])
+        w.add_head_count(hp["num_attention_heads"])
+        w.add_head_count_kv(hp["num_key_value_heads"])
+        w.add_layer_norm_rms_eps(hp["rms_norm_eps"])
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
+        w.add_file_type(gguf.LlamaFileType.ALL_F32)
+        if arch == "gemma2":
+            w.add_attn_logit_softcapping(hp["attn_logit_softcapping"])
+            w.add_final_logit_softcapping(hp["final_logit_softcapping"])
+            w.add_sliding_window(hp["sliding_window"])
+    else:
+        # Gemma3Model.set_gguf_parameters: TextModel's keys (rope scaling and base from the
+        # full_attention parameters, rope.freq_base_swa from sliding_attention), then its own.
+        rp = hp["rope_parameters"]
+        full = rp.get("full_attention", rp)
+        w.add_block_count(n_layers)
+        w.add_context_length(hp.get("max_position_embeddings", 131072))
+        w.add_embedding_length(hp["hidden_size"])
+        w.add_feed_forward_length(hp["intermediate_size"])
+        w.add_head_count(hp.get("num_attention_heads", 8))
+        w.add_head_count_kv(hp.get("num_key_value_heads", 4))
+        if full.get("rope_type") == "linear" and full.get("factor") is not None:
+            w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+            w.add_rope_scaling_factor(full["factor"])
+        w.add_rope_freq_base(full.get("rope_theta", 1_000_000.0))
+        if (local := rp.get("sliding_attention", {}).get("rope_theta")) is not None:
+            w.add_rope_freq_base_swa(local)
+        w.add_layer_norm_rms_eps(hp.get("rms_norm_eps", 1e-6))
+        w.add_key_length(hp.get("head_dim", 256))
+        w.add_value_length(hp.get("head_dim", 256))
+        w.add_file_type(gguf.LlamaFileType.ALL_F32)
+        assert hp.get("attn_logit_softcapping") is None  # the converter asserts it too
+        if final_cap := hp.get("final_logit_softcapping"):
+            w.add_final_logit_softcapping(final_cap)
+        if hp.get("sliding_window_pattern") != 1:
+            w.add_sliding_window(hp["sliding_window"])
+    eos = gen["eos_token_id"]
+    eos = eos if isinstance(eos, list) else [eos]
+    # The tiny fixtures' tokenizer is byte-level BPE with Llama 3's pre-tokenizer (the converter
+    # would want a SentencePiece tokenizer.model for gemma / gemma2); its post-processor adds BOS.
+    add_tokenizer(w, TINY_TOKENIZER, "llama-bpe", eos=eos[0], bos=gen["bos_token_id"],
+                  eot=eos[1] if len(eos) > 1 else None, pad=gen.get("pad_token_id"), add_bos=True)
+
+    tmap = gguf.get_tensor_name_map(GEMMA_ARCH[arch], n_layers)
+    written: dict[str, np.ndarray] = {}
+    for hf, t in state.items():
+        assert hf != "lm_head.weight", "tied Gemma checkpoints have no lm_head (the converter drops it anyway)"
+        x = t.float()
+        if hf.endswith("norm.weight"):
+            x = x + 1  # HF's RMSNorm multiplies by (1 + w) in float32; the file holds 1 + w
+        g = tmap.get_name(hf, try_suffixes=(".weight", ".bias"))
+        assert g is not None, hf
+        arr = np.ascontiguousarray(x.numpy().astype(np.float32))
+        w.add_tensor(g, arr)
+        written[g] = arr
+    write(w, path)
+    return written
+
+
+def check_gemma_gguf(path: Path, written: dict[str, np.ndarray], arch: str, n_layers: int) -> None:
+    """Reads the file back with gguf-py: exactly the tensors meant, F32, under llama.cpp's names."""
+    r = gguf.GGUFReader(path)
+    assert r.fields["general.architecture"].contents() == gguf.MODEL_ARCH_NAMES[GEMMA_ARCH[arch]]
+    assert sorted(t.name for t in r.tensors) == sorted(written), sorted(t.name for t in r.tensors)
+    for t in r.tensors:
+        assert t.tensor_type == QT.F32, t.name
+        got = np.asarray(t.data).reshape([int(d) for d in reversed(t.shape)])
+        assert np.array_equal(got, written[t.name]), t.name
+    per_layer = {"gemma": ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"]}
+    per_layer["gemma2"] = per_layer["gemma"] + ["post_attention_norm", "post_ffw_norm"]
+    per_layer["gemma3"] = per_layer["gemma2"] + ["attn_q_norm", "attn_k_norm"]
+    want = {"token_embd.weight", "output_norm.weight"}
+    want |= {f"blk.{L}.{s}.weight" for L in range(n_layers) for s in per_layer[arch]}
+    assert set(written) == want, sorted(set(written) ^ want)
+
+
+def make_gemma(name: str, spec: dict) -> None:
+    mf = _mf()
+    from tokenizers import Tokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    arch = spec["arch"]
+    tok = Tokenizer.from_file(str(TINY_TOKENIZER / "tokenizer.json"))
+    hf_tok = AutoTokenizer.from_pretrained(str(TINY_TOKENIZER))
+    cfg, gen_cfg = mf.make_config(spec, tok)
+    prompts = gemma_prompts(mf)
+    prompt_ids = [hf_tok(p, add_special_tokens=True)["input_ids"] for p in prompts]
+    folder = OUT / name
+    for attempt in range(20):
+        seed = spec["seed"] + 7919 * attempt
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager", dtype=torch.float32)
+        mf.reinit_weights(model, seed, spec["norm_mean"], spec["embed_std"], spec["final_norm"])
+        model.generation_config = gen_cfg
+        with tempfile.TemporaryDirectory() as tmp:
+            model.save_pretrained(tmp)
+            ref, info = AutoModelForCausalLM.from_pretrained(
+                tmp, dtype=torch.float32, attn_implementation="eager", output_loading_info=True
+            )
+            assert not any(info.values()), f"{name}: missing/unexpected/mismatched keys on reload: {info}"
+            ref.eval()
+            result = mf.compute_reference(ref, prompt_ids, hf_tok)
+            if result["min_margin"] <= mf.MIN_MARGIN:
+                print(f"  {name}: seed {seed} min greedy margin {result['min_margin']:.2e} too small, re-seeding")
+                continue
+            notes = check_gemma_semantics(mf, name, ref, prompt_ids)
+            config_text = (Path(tmp) / "config.json").read_text()
+            gen_text = (Path(tmp) / "generation_config.json").read_text()
+            state = load_file(str(Path(tmp) / "model.safetensors"))
+        break
+    else:
+        raise SystemExit(f"{name}: no seed gave greedy margins > {mf.MIN_MARGIN}")
+
+    hp, gen = json.loads(config_text), json.loads(gen_text)
+    check_llamacpp_expressible(name, arch, hp)
+    # The converter truncates gemma3's embedding to the tokenizer's size; here they agree.
+    assert state["model.embed_tokens.weight"].shape[0] == tok.get_vocab_size() == hp["vocab_size"]
+    written = write_gemma_gguf(OUT / f"{name}.gguf", name, arch, hp, gen, state)
+    check_gemma_gguf(OUT / f"{name}.gguf", written, arch, hp["num_hidden_layers"])
+
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir()
+    (folder / "config.json").write_text(config_text)
+    (folder / "generation_config.json").write_text(gen_text)
+    import transformers
+
+    meta = {
+        "n_prompts": str(len(prompts)),
+        "transformers_version": transformers.__version__,
+        "torch_version": torch.__version__,
+        "model": name,
+        "seed": str(seed),
+        "notes": (
+            f"Tiny random-weight {hp['model_type']} model made by tools/make_gguf_fixtures.py (recipe of "
+            "tools/make_fixtures.py), saved in float32; the GGUF beside this folder holds exactly its weights "
+            "(norms + 1) under llama.cpp's names and keys. HF reference computed in float32, "
+            "attn_implementation=eager, batch 1, no padding. prompt.i.ids I32 [T]: tokenizer(text, "
+            "add_special_tokens=True) with tests/fixtures/tiny_tokenizer/llama. prompt.i.logits F32 [T, vocab]. "
+            f"prompt.i.greedy I32 [{mf.N_GREEDY}]: argmax with HF's KV cache, no EOS stopping; "
+            f"prompt.i.greedy_margin F32: top1-top2 logit per step (all > {mf.MIN_MARGIN})." + notes
+        ),
+    }
+    tensors = {}
+    for i, (text, r) in enumerate(zip(prompts, result["prompts"])):
+        meta[f"prompt.{i}.text"] = text
+        tensors[f"prompt.{i}.ids"] = torch.tensor(prompt_ids[i], dtype=torch.int32)
+        tensors[f"prompt.{i}.logits"] = r["logits"].contiguous()
+        tensors[f"prompt.{i}.greedy"] = torch.tensor(r["greedy"], dtype=torch.int32)
+        tensors[f"prompt.{i}.greedy_margin"] = torch.tensor(r["margins"], dtype=torch.float32)
+    mf.write_safetensors(folder / "reference.safetensors", tensors, meta)
+    for f in folder.iterdir():
+        f.chmod(0o644)
+    print(
+        f"  {name}: seed {seed}, T={[len(p) for p in prompt_ids]}, min greedy margin {result['min_margin']:.3f}, "
+        f"gguf {(OUT / f'{name}.gguf').stat().st_size} B, reference {(folder / 'reference.safetensors').stat().st_size} B"
+    )
+
+
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     make_types(OUT / "types.gguf", OUT / "types_ref.safetensors")
@@ -331,12 +685,17 @@ def main() -> int:
     convert("llama_tied", "llama", q8_or_f16, f32_names=("attn_q.weight", "attn_k.weight", "attn_v.weight"))
     convert("qwen2", "qwen2", f16)
     convert("qwen3", "qwen3", q8_or_f16)
-    total = sum(p.stat().st_size for p in OUT.iterdir())
-    for p in sorted(OUT.iterdir()):
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(1)  # bit-stable HF reference logits regardless of the machine's core count
+    for name, spec in GEMMA_SPECS.items():
+        make_gemma(name, spec)
+    files = sorted(p for p in OUT.rglob("*") if p.is_file())
+    total = sum(p.stat().st_size for p in files)
+    for p in files:
         print(f"{p.relative_to(ROOT)}: {p.stat().st_size} bytes")
     print(f"total {total} bytes")
-    if total >= 1 << 20:
-        print("fixture folder is over 1 MiB", file=sys.stderr)
+    if total >= 2 << 20:
+        print("fixture folder is over 2 MiB", file=sys.stderr)
         return 1
     return 0
 
