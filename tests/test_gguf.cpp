@@ -524,6 +524,26 @@ TEST_CASE("gguf: random byte flips and truncations give stitch::Error or a valid
     CHECK(errors > 100);
 }
 
+// The architecture fields a GGUF file and the HF config it came from must agree on.
+void check_same_shape_config(const ModelConfig& g, const ModelConfig& h) {
+    CHECK(g.family == h.family);
+    CHECK(g.vocab_size == h.vocab_size);
+    CHECK(g.hidden == h.hidden);
+    CHECK(g.n_layers == h.n_layers);
+    CHECK(g.n_heads == h.n_heads);
+    CHECK(g.n_kv_heads == h.n_kv_heads);
+    CHECK(g.head_dim == h.head_dim);
+    CHECK(g.intermediate == h.intermediate);
+    CHECK(g.max_position == h.max_position);
+    CHECK(g.norm_eps == h.norm_eps);
+    CHECK(g.tied_embeddings == h.tied_embeddings);
+    CHECK(g.qkv_bias == h.qkv_bias);
+    CHECK(g.o_bias == h.o_bias);
+    CHECK(g.mlp_bias == h.mlp_bias);
+    CHECK(g.qk_norm == h.qk_norm);
+    CHECK(g.act == h.act);
+}
+
 TEST_CASE("gguf: model config of llama / qwen2 / qwen3 files equals the HF config they came from") {
     for (const char* name : {"llama_tied", "qwen2", "qwen3"}) {
         CAPTURE(name);
@@ -531,22 +551,7 @@ TEST_CASE("gguf: model config of llama / qwen2 / qwen3 files equals the HF confi
         const ModelConfig g = gguf_model_config(f);
         const ModelConfig h = load_hf_config(test::fixture(std::string("models/") + name));
         CHECK(g.model_type == h.model_type);
-        CHECK(g.family == h.family);
-        CHECK(g.vocab_size == h.vocab_size);
-        CHECK(g.hidden == h.hidden);
-        CHECK(g.n_layers == h.n_layers);
-        CHECK(g.n_heads == h.n_heads);
-        CHECK(g.n_kv_heads == h.n_kv_heads);
-        CHECK(g.head_dim == h.head_dim);
-        CHECK(g.intermediate == h.intermediate);
-        CHECK(g.max_position == h.max_position);
-        CHECK(g.norm_eps == h.norm_eps);
-        CHECK(g.tied_embeddings == h.tied_embeddings);
-        CHECK(g.qkv_bias == h.qkv_bias);
-        CHECK(g.o_bias == h.o_bias);
-        CHECK(g.mlp_bias == h.mlp_bias);
-        CHECK(g.qk_norm == h.qk_norm);
-        CHECK(g.act == h.act);
+        check_same_shape_config(g, h);
         CHECK(g.rope.theta == h.rope.theta);
         CHECK(g.rope.type == h.rope.type);
         CHECK(g.rope.factor == h.rope.factor);
@@ -843,22 +848,7 @@ TEST_CASE("gguf: Gemma 1 / 2 / 3 model config equals the HF config of the same m
         const ModelConfig h = load_hf_config(gguf_fixture(name));
         // model_type is the file's architecture name: "gemma3" for HF's "gemma3_text"
         CHECK(g.model_type == (h.model_type == "gemma3_text" ? "gemma3" : h.model_type));
-        CHECK(g.family == h.family);
-        CHECK(g.vocab_size == h.vocab_size);
-        CHECK(g.hidden == h.hidden);
-        CHECK(g.n_layers == h.n_layers);
-        CHECK(g.n_heads == h.n_heads);
-        CHECK(g.n_kv_heads == h.n_kv_heads);
-        CHECK(g.head_dim == h.head_dim);
-        CHECK(g.intermediate == h.intermediate);
-        CHECK(g.max_position == h.max_position);
-        CHECK(g.norm_eps == h.norm_eps);
-        CHECK(g.tied_embeddings == h.tied_embeddings);
-        CHECK(g.qkv_bias == h.qkv_bias);
-        CHECK(g.o_bias == h.o_bias);
-        CHECK(g.mlp_bias == h.mlp_bias);
-        CHECK(g.qk_norm == h.qk_norm);
-        CHECK(g.act == h.act);
+        check_same_shape_config(g, h);
         CHECK(g.norm_plus_one == h.norm_plus_one);
         CHECK(g.embed_scale == h.embed_scale);
         CHECK(g.post_norms == h.post_norms);
