@@ -128,6 +128,7 @@ CaptureStats capture_to_file(const Model& m, const std::vector<std::vector<int32
 
     CaptureStats stats;
     std::vector<float> rows_buf;
+    RunState st;  // scratch reused by every batch
     for (size_t b0 = 0; b0 < prompts.size(); b0 += size_t(opt.batch)) {
         const size_t b1 = std::min(prompts.size(), b0 + size_t(opt.batch));
         // selected positions of every prompt in this batch
@@ -156,7 +157,6 @@ CaptureStats capture_to_file(const Model& m, const std::vector<std::vector<int32
             }
             w.append_rows(it->second, rows_buf.data(), n);
         };
-        RunState st;
         ForwardOptions fo;
         fo.hooks = &hooks;
         fo.all_logits = need_all_logits;

@@ -10,6 +10,18 @@ namespace stitch {
 
 std::vector<float> rope_inv_freq(const ModelConfig& c) { return rope_inv_freq(c.rope, c.head_dim); }
 
+std::vector<std::vector<float>> layer_inv_freq(const ModelConfig& c, const std::vector<float>& global) {
+    const auto local = c.has_rope_local ? rope_inv_freq(c.rope_local, c.head_dim) : global;
+    std::vector<std::vector<float>> out(size_t(c.n_layers));
+    for (int L = 0; L < c.n_layers; ++L) out[size_t(L)] = &c.rope_of(L) == &c.rope ? global : local;
+    return out;
+}
+
+void check_tokenizer_fits(const Tokenizer& t, const ModelConfig& c, const std::string& file) {
+    if (t.vocab_size() > c.vocab_size)
+        fail(file, "tokenizer has {} tokens but the model's vocabulary is {}", t.vocab_size(), c.vocab_size);
+}
+
 std::vector<float> rope_inv_freq(const RopeConfig& r, int head_dim) {
     const int half = head_dim / 2;
     std::vector<float> f(static_cast<size_t>(half));
@@ -86,9 +98,7 @@ Model load_model(const std::filesystem::path& path) {
     const ModelConfig& c = m.config;
     // Cheap checks first: a missing or mismatched tokenizer fails before any weight is read.
     m.tokenizer = Tokenizer::load_dir(path);
-    if (m.tokenizer.vocab_size() > c.vocab_size)
-        fail((path / "tokenizer.json").string(), "tokenizer has {} tokens but the model's vocabulary is {}",
-             m.tokenizer.vocab_size(), c.vocab_size);
+    check_tokenizer_fits(m.tokenizer, c, (path / "tokenizer.json").string());
     WeightFiles files(path);
     m.weight_dtypes = files.dtype_summary();
     const HfWeightNames names = hf_weight_names(files);
@@ -131,10 +141,7 @@ Model load_model(const std::filesystem::path& path) {
     if (!c.tied_embeddings) w.lm_head = ld.get(names.lm_head, {V, d});
 
     // Per layer: Gemma 3's sliding-window layers have a RoPE of their own (base 1e4, unscaled).
-    const auto global = rope_inv_freq(c.rope, c.head_dim);
-    const auto local = c.has_rope_local ? rope_inv_freq(c.rope_local, c.head_dim) : global;
-    m.inv_freq.resize(size_t(c.n_layers));
-    for (int L = 0; L < c.n_layers; ++L) m.inv_freq[size_t(L)] = &c.rope_of(L) == &c.rope ? global : local;
+    m.inv_freq = layer_inv_freq(c, rope_inv_freq(c.rope, c.head_dim));
     return m;
 }
 

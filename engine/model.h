@@ -55,5 +55,10 @@ Model load_gguf_model(const std::filesystem::path& path);
 // config's global RoPE, or of any RopeConfig (Gemma 3's local one).
 std::vector<float> rope_inv_freq(const ModelConfig& c);
 std::vector<float> rope_inv_freq(const RopeConfig& r, int head_dim);
+// Model::inv_freq: `global` on full-attention layers, the config's local RoPE on sliding
+// layers when it has one (Gemma 3), `global` everywhere else.
+std::vector<std::vector<float>> layer_inv_freq(const ModelConfig& c, const std::vector<float>& global);
+// The tokenizer must not name ids past the model's vocabulary; `file` is what the error names.
+void check_tokenizer_fits(const Tokenizer& t, const ModelConfig& c, const std::string& file);
 
 }  // namespace stitch

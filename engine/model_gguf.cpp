@@ -16,9 +16,7 @@ Model load_gguf_model(const std::filesystem::path& path) {
     m.config = gguf_model_config(f);
     // Cheap checks first: the vocabulary before any weight is dequantized.
     m.tokenizer = Tokenizer::from_gguf(f);
-    if (m.tokenizer.vocab_size() > m.config.vocab_size)
-        fail(m.path, "tokenizer has {} tokens but the model's vocabulary is {}", m.tokenizer.vocab_size(),
-             m.config.vocab_size);
+    check_tokenizer_fits(m.tokenizer, m.config, m.path);
     // Like llama.cpp, also stop at the end-of-turn tokens of chat vocabularies, which GGUF files
     // often leave out of their eos keys (HF lists them in generation_config.json).
     for (const char* marker : {"<end_of_turn>", "<|eot_id|>", "<|im_end|>", "<|endoftext|>", "<|end_of_text|>"})

@@ -355,11 +355,7 @@ std::vector<float> gguf_rope_freq_factors(const GGUFFile& f, const ModelConfig& 
 }
 
 std::vector<std::vector<float>> gguf_layer_inv_freq(const GGUFFile& f, const ModelConfig& c) {
-    const std::vector<float> global = gguf_rope_inv_freq(f, c);
-    const std::vector<float> local = c.has_rope_local ? rope_inv_freq(c.rope_local, c.head_dim) : global;
-    std::vector<std::vector<float>> out(size_t(c.n_layers));
-    for (int L = 0; L < c.n_layers; ++L) out[size_t(L)] = &c.rope_of(L) == &c.rope ? global : local;
-    return out;
+    return layer_inv_freq(c, gguf_rope_inv_freq(f, c));
 }
 
 std::vector<float> gguf_rope_inv_freq(const GGUFFile& f, const ModelConfig& c) {
