@@ -120,3 +120,19 @@ TEST_CASE("cli: bad input gives one line, exit status 2 and no output file") {
     std::filesystem::remove(m / "config.json");
     expect_cli_error("inspect " + quote(m.string()), "config.json: missing");
 }
+
+TEST_CASE("cli: a tokenizer from another model is refused with one line, before any weight is read") {
+    test::TempDir dir;
+    auto m = dir / "m";
+    std::filesystem::copy(test::fixture("models/llama_untied"), m, std::filesystem::copy_options::recursive);
+    // Qwen 2.5's real vocabulary (151k tokens) in a model whose embedding has 400 rows
+    std::filesystem::copy_file(test::build_dir() / "tokenizers/qwen2.5/tokenizer.json", m / "tokenizer.json",
+                               std::filesystem::copy_options::overwrite_existing);
+    std::filesystem::copy_file(test::build_dir() / "tokenizers/qwen2.5/tokenizer_config.json", m / "tokenizer_config.json",
+                               std::filesystem::copy_options::overwrite_existing);
+    auto out = (dir / "o.jsonl").string();
+    test::write_bytes(dir / "p.jsonl", "{\"prompt\": \"hi\"}\n");
+    expect_cli_error("generate " + quote(m.string()) + " --prompts " + quote((dir / "p.jsonl").string()) + " -o " + quote(out),
+                     "tokenizer.json: tokenizer has 151665 tokens but the model's vocabulary is 400");
+    CHECK_FALSE(std::filesystem::exists(out));
+}
