@@ -213,27 +213,15 @@ int cmd_tokenize(int argc, char** argv) {
     return 0;
 }
 
-// Prompts of a JSONL file as token ids, with each line's chat choice applied.
-std::vector<std::vector<int32_t>> encode_records(const Model& m, const Args& a, const std::vector<PromptRecord>& recs) {
-    std::optional<ChatFormat> chat_fmt;
-    bool chat_default = false;
+// --chat[=FORMAT] and --system as given on the command line.
+ChatOptions chat_options(const Args& a) {
+    ChatOptions o;
     if (a.has("--chat")) {
-        chat_default = true;
-        chat_fmt = parse_chat_format(a.get_or("--chat", "auto"));
+        o.chat_default = true;
+        o.format = parse_chat_format(a.get_or("--chat", "auto"));
     }
-    std::vector<std::vector<int32_t>> ids;
-    // HF folders: chat_template.jinja or tokenizer_config.json; GGUF: tokenizer.chat_template.
-    const std::string tmpl = std::filesystem::is_directory(m.path) ? read_chat_template(m.path)
-                                                                   : m.tokenizer.chat_template.value_or("");
-    for (const auto& r : recs) {
-        bool use_chat = r.chat.value_or(chat_default);
-        ChatFormat f = ChatFormat::None;
-        if (use_chat) f = chat_fmt && *chat_fmt != ChatFormat::None ? *chat_fmt : detect_chat_format(m.tokenizer, tmpl);
-        // Like the model's own template: its default system message unless --system is given.
-        const std::string system = a.has("--system") ? a.get_or("--system", "") : default_system_prompt(tmpl, f);
-        ids.push_back(encode_prompt(m, r.prompt, f, system));
-    }
-    return ids;
+    if (a.has("--system")) o.system = a.get_or("--system", "");
+    return o;
 }
 
 int cmd_generate(int argc, char** argv) {
@@ -260,7 +248,7 @@ int cmd_generate(int argc, char** argv) {
     else recs = read_prompts_jsonl(*a.get("--prompts"));
 
     Model m = load_for_command(a, a.positional[0]);
-    std::vector<std::vector<int32_t>> ids = encode_records(m, a, recs);
+    std::vector<std::vector<int32_t>> ids = encode_records(m, recs, chat_options(a));
     for (size_t i = 0; i < ids.size(); ++i) {
         const auto& r = recs[i];
         if (int(ids[i].size()) + go.max_new_tokens > m.config.max_position)
@@ -326,7 +314,7 @@ int cmd_capture(int argc, char** argv) {
     auto recs = read_prompts_jsonl(*a.get("--prompts"));
     Model m = load_for_command(a, a.positional[0]);
     opt.sites = parse_sites(*a.get("--sites"), m.config);
-    auto ids = encode_records(m, a, recs);
+    auto ids = encode_records(m, recs, chat_options(a));
     Progress prog("capture", long(ids.size()), "prompts");
     opt.on_progress = [&](long done, long tokens) { prog.update(done, tokens, done == long(ids.size())); };
     std::vector<std::string> names;

@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/error.h"
+#include "engine/model.h"
 
 namespace stitch {
 
@@ -44,6 +45,24 @@ std::vector<PromptRecord> read_prompts_jsonl(const std::filesystem::path& path) 
     }
     if (out.empty()) fail(path.string(), "no prompts in file");
     return out;
+}
+
+std::vector<std::vector<int32_t>> encode_records(const Model& m, const std::vector<PromptRecord>& recs,
+                                                 const ChatOptions& chat) {
+    std::vector<std::vector<int32_t>> ids;
+    // HF folders: chat_template.jinja or tokenizer_config.json; GGUF: tokenizer.chat_template.
+    const std::string tmpl = std::filesystem::is_directory(m.path) ? read_chat_template(m.path)
+                                                                   : m.tokenizer.chat_template.value_or("");
+    for (const auto& r : recs) {
+        bool use_chat = r.chat.value_or(chat.chat_default);
+        ChatFormat f = ChatFormat::None;
+        if (use_chat)
+            f = chat.format && *chat.format != ChatFormat::None ? *chat.format : detect_chat_format(m.tokenizer, tmpl);
+        // Like the model's own template: its default system message unless --system is given.
+        const std::string system = chat.system ? *chat.system : default_system_prompt(tmpl, f);
+        ids.push_back(encode_prompt(m, r.prompt, f, system));
+    }
+    return ids;
 }
 
 }  // namespace stitch
