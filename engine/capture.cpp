@@ -33,8 +33,12 @@ StreamingSafetensorsWriter::~StreamingSafetensorsWriter() {
 int StreamingSafetensorsWriter::add_tensor(std::string name, DType dtype, int64_t width) {
     auto* p = new Part{std::move(name), dtype, width, 0, path_.string() + ".tmp." + std::to_string(parts_.size()), nullptr};
     parts_.push_back(p);
-    p->f = std::fopen(p->spill.c_str(), "wb");
+    // Spill files are unlinked as soon as they are open: the data lives while this process
+    // does, and a killed process leaves nothing behind.
+    p->f = std::fopen(p->spill.c_str(), "w+b");
     if (!p->f) fail(path_.string(), "cannot create a temporary file next to it");
+    std::error_code ec;
+    std::filesystem::remove(p->spill, ec);
     return int(parts_.size() - 1);
 }
 
@@ -86,14 +90,12 @@ void StreamingSafetensorsWriter::finish() {
     bool ok = std::fwrite(len, 1, 8, out) == 8 && std::fwrite(h.data(), 1, h.size(), out) == h.size();
     std::vector<char> buf(1 << 20);
     for (Part* p : parts_) {
-        std::fclose(p->f);
-        p->f = std::fopen(p->spill.c_str(), "rb");
+        ok = ok && std::fseek(p->f, 0, SEEK_SET) == 0;
         size_t n;
-        while (ok && p->f && (n = std::fread(buf.data(), 1, buf.size(), p->f)) > 0) ok = std::fwrite(buf.data(), 1, n, out) == n;
-        if (p->f) std::fclose(p->f);
+        while (ok && (n = std::fread(buf.data(), 1, buf.size(), p->f)) > 0) ok = std::fwrite(buf.data(), 1, n, out) == n;
+        ok = ok && !std::ferror(p->f);
+        std::fclose(p->f);
         p->f = nullptr;
-        std::error_code ec;
-        std::filesystem::remove(p->spill, ec);
     }
     ok = std::fflush(out) == 0 && ok;
     std::fclose(out);
@@ -108,8 +110,13 @@ void StreamingSafetensorsWriter::finish() {
 CaptureStats capture_to_file(const Model& m, const std::vector<std::vector<int32_t>>& prompts, const CaptureOptions& opt,
                              const std::filesystem::path& out, std::map<std::string, std::string> metadata) {
     const ModelConfig& c = m.config;
+    // match=TEXT: the positions of TEXT in each prompt
+    std::vector<std::vector<char>> masks;
+    if (opt.positions.kind == PositionSelector::Match)
+        for (const auto& p : prompts) masks.push_back(match_mask(m.tokenizer, p, opt.positions.match_text));
+    auto mask_of = [&](size_t i) { return masks.empty() ? nullptr : &masks[i]; };
     size_t selected = 0;
-    for (const auto& p : prompts) selected += opt.positions.select(int(p.size())).size();
+    for (size_t i = 0; i < prompts.size(); ++i) selected += opt.positions.select(int(prompts[i].size()), mask_of(i)).size();
     if (selected == 0) fail("--positions", "selector '{}' matches no position in any prompt", opt.positions.text);
     StreamingSafetensorsWriter w(out, std::move(metadata));
     // one output tensor per site, then the row bookkeeping
@@ -139,19 +146,20 @@ CaptureStats capture_to_file(const Model& m, const std::vector<std::vector<int32
         for (size_t i = b0; i < b1; ++i) {
             const int len = int(prompts[i].size());
             keep[i - b0].assign(size_t(len), 0);
-            for (int p : opt.positions.select(len)) keep[i - b0][size_t(p)] = 1;
+            for (int p : opt.positions.select(len, mask_of(i))) keep[i - b0][size_t(p)] = 1;
             caches.emplace_back(c, len);
         }
-        for (size_t i = b0; i < b1; ++i) in.push_back({&caches[i - b0], prompts[i]});
+        for (size_t i = b0; i < b1; ++i) in.push_back({&caches[i - b0], prompts[i], int32_t(i)});
         Hooks hooks;
-        hooks.site_mask = mask;
+        hooks.site_mask = mask | (opt.steering ? opt.steering->site_mask() : 0u);
         hooks.on_site = [&](const SiteView& v) {
+            if (opt.steering) opt.steering->apply(v);
             auto it = site_tensor.find({int(v.site), v.layer});
             if (it == site_tensor.end()) return;
             rows_buf.clear();
             int64_t n = 0;
             for (int r = 0; r < v.rows; ++r) {
-                if (!keep[size_t(v.seq[r])][size_t(v.pos[r])]) continue;
+                if (!keep[size_t(v.seq[r]) - b0][size_t(v.pos[r])]) continue;
                 rows_buf.insert(rows_buf.end(), v.data + int64_t(r) * v.cols, v.data + int64_t(r + 1) * v.cols);
                 ++n;
             }

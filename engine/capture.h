@@ -11,6 +11,7 @@
 #include "engine/dtype.h"
 #include "engine/model.h"
 #include "engine/sites.h"
+#include "engine/steer.h"
 
 namespace stitch {
 
@@ -43,6 +44,7 @@ struct CaptureOptions {
     PositionSelector positions;
     DType dtype = DType::F32;
     int batch = 8;
+    const Steering* steering = nullptr;  // applied before the taps see a site (bound to the same prompts)
     std::function<void(long prompts_done, long tokens_done)> on_progress;
 };
 

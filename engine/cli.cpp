@@ -20,6 +20,9 @@
 #include "engine/model.h"
 #include "engine/progress.h"
 #include "engine/prompts.h"
+#include "engine/safetensors.h"
+#include "engine/steer.h"
+#include "engine/vector.h"
 #include "engine/version.h"
 #include "kernels/cpu/blas.h"
 
@@ -124,7 +127,11 @@ Model load_for_command(const Args& a, const std::string& path, double* seconds =
     if (auto dir = a.get("--lora"); dir && !std::filesystem::is_directory(*dir))
         fail(*dir, "no such adapter folder");
     Model m = load_model(path);
-    if (auto dir = a.get("--lora")) m.adapter = apply_lora(m, *dir);
+    if (auto dir = a.get("--lora")) {
+        m.adapter = apply_lora(m, *dir);
+        m.identity = combine_fingerprints({m.identity, file_fingerprint(std::filesystem::path(*dir) / "adapter_config.json"),
+                                           file_fingerprint(std::filesystem::path(*dir) / "adapter_model.safetensors")});
+    }
     if (seconds) *seconds = seconds_since(t0);
     return m;
 }
@@ -224,10 +231,19 @@ ChatOptions chat_options(const Args& a) {
     return o;
 }
 
+// Every --steer SITE:OP:FILE[:ALPHA][@SEL], in the order given, bound to the prompts of this run.
+Steering steering_for(const Args& a, const Model& m, const std::vector<std::vector<int32_t>>& prompts, int max_new) {
+    std::vector<std::string> specs;
+    if (auto it = a.values.find("--steer"); it != a.values.end()) specs = it->second;
+    Steering s = Steering::load(specs, m);
+    if (!s.empty()) s.bind(m, prompts, max_new);
+    return s;
+}
+
 int cmd_generate(int argc, char** argv) {
     Args a = Args::parse(argc, argv, 2,
                          {"--prompt", "--prompts", "-n", "--max-new-tokens", "--temp", "--top-k", "--top-p", "--seed",
-                          "--system", "--batch", "-o", "--output", "--threads", "--lora"},
+                          "--system", "--batch", "-o", "--output", "--threads", "--lora", "--steer"},
                          {"--no-eos", "--chat"});
     if (a.positional.size() != 1) fail("generate", "expects one MODEL argument");
     if (a.has("--prompt") == a.has("--prompts")) fail("generate", "give exactly one of --prompt TEXT or --prompts FILE.jsonl");
@@ -256,6 +272,10 @@ int cmd_generate(int argc, char** argv) {
                  ids[i].size() + size_t(go.max_new_tokens), m.config.max_position);
     }
 
+    const Steering steering = steering_for(a, m, ids, go.max_new_tokens);
+    const Hooks steer_hooks = steering.hooks();
+    if (!steering.empty()) go.hooks = &steer_hooks;
+
     Progress prog("generate", long(recs.size()), "prompts");
     std::string jsonl;
     long tokens_done = 0;
@@ -264,6 +284,7 @@ int cmd_generate(int argc, char** argv) {
         std::vector<std::vector<int32_t>> chunk(ids.begin() + long(b0), ids.begin() + long(b1));
         long base = tokens_done;
         go.on_progress = [&](int produced, double) { prog.update(long(b0), base + produced); };
+        go.first_id = int(b0);
         auto gens = generate(m, chunk, go);
         for (size_t i = 0; i < gens.size(); ++i) {
             const auto& g = gens[i];
@@ -295,7 +316,7 @@ int cmd_generate(int argc, char** argv) {
 int cmd_capture(int argc, char** argv) {
     Args a = Args::parse(argc, argv, 2,
                          {"--prompts", "--sites", "--positions", "--dtype", "-o", "--output", "--system", "--batch",
-                          "--threads", "--lora"},
+                          "--threads", "--lora", "--steer"},
                          {"--chat"});
     if (a.positional.size() != 1) fail("capture", "expects one MODEL argument");
     if (!a.has("--prompts")) fail("capture", "needs --prompts FILE.jsonl");
@@ -315,12 +336,15 @@ int cmd_capture(int argc, char** argv) {
     Model m = load_for_command(a, a.positional[0]);
     opt.sites = parse_sites(*a.get("--sites"), m.config);
     auto ids = encode_records(m, recs, chat_options(a));
+    const Steering steering = steering_for(a, m, ids, 0);
+    if (!steering.empty()) opt.steering = &steering;
     Progress prog("capture", long(ids.size()), "prompts");
     opt.on_progress = [&](long done, long tokens) { prog.update(done, tokens, done == long(ids.size())); };
     std::vector<std::string> names;
     for (const auto& s : opt.sites) names.push_back(s.name());
     const std::string site_list = fmt::format("{}", fmt::join(names, ","));
     std::map<std::string, std::string> meta = {{"model", m.path},
+                                               {"model_identity", m.identity},
                                                {"model_type", m.config.model_type},
                                                {"sites", site_list},
                                                {"positions", opt.positions.text},
@@ -329,14 +353,124 @@ int cmd_capture(int argc, char** argv) {
                                                {"prompt_file", *a.get("--prompts")},
                                                {"stitch_version", STITCH_VERSION}};
     if (!m.adapter.empty()) meta["adapter"] = m.adapter;
+    if (!steering.empty()) meta["steer"] = steering.describe();
     auto stats = capture_to_file(m, ids, opt, out, meta);
     fmt::print(stderr, "capture: {} prompts, {} tokens, {} rows x {} sites -> {}\n", stats.prompts, stats.tokens,
                stats.rows, opt.sites.size(), out);
     return 0;
 }
 
+int cmd_vector(int argc, char** argv) {
+    Args a = Args::parse(argc, argv, 2,
+                         {"--method", "--positive", "--negative", "--site", "--positions", "--negative-positions", "-o",
+                          "--output", "--system", "--batch", "--threads", "--lora", "--model-hint"},
+                         {"--chat", "--sweep"});
+    if (a.positional.size() != 1) fail("vector", "expects one MODEL argument");
+    for (const char* need : {"--method", "--positive", "--negative", "--site"})
+        if (!a.has(need)) fail("vector", "needs {}", need);
+    const std::string out = a.get_or("-o", a.get_or("--output", ""));
+    if (out.empty()) fail("vector", "needs -o OUT.safetensors or OUT.gguf");
+    const bool to_gguf = std::filesystem::path(out).extension() == ".gguf";
+    set_threads(a);
+    VectorOptions opt;
+    opt.method = parse_vector_method(*a.get("--method"));
+    const char* default_pos = opt.method == VectorMethod::Paired ? "diff" : "last";
+    opt.positive_positions = parse_positions(a.get_or("--positions", default_pos));
+    opt.negative_positions = parse_positions(a.get_or("--negative-positions", opt.positive_positions.text));
+    opt.batch = a.get_int("--batch", 8, 1, 4096);
+    // Inputs first: bad files fail before the model loads.
+    auto pos_recs = read_prompts_jsonl(*a.get("--positive"));
+    auto neg_recs = read_prompts_jsonl(*a.get("--negative"));
+    Model m = load_for_command(a, a.positional[0]);
+    const ModelConfig& c = m.config;
+    std::string site_spec = *a.get("--site");
+    if (a.has("--sweep")) {
+        // --sweep: the same site kind at every layer
+        auto one = parse_sites(site_spec, c, "--site");
+        if (one[0].layer < 0) fail("--site", "--sweep needs a block site (blocks.L.resid_post, …), not '{}'", site_spec);
+        site_spec = fmt::format("blocks.*.{}", site_name(one[0].site));
+    }
+    opt.sites = parse_sites(site_spec, c, "--site");
+    const bool sweep = site_spec.find('*') != std::string::npos;
+    if (!sweep && opt.sites.size() != 1) fail("--site", "names {} sites; give one (or --sweep)", opt.sites.size());
+    if (to_gguf) {
+        // llama.cpp adds direction.N to the output of layer N (blocks.N.resid_post) and has no slot for layer 0.
+        if (opt.sites[0].site != Site::ResidPost)
+            fail(out, "a llama.cpp control vector is applied at blocks.N.resid_post; {} vectors cannot be written as one "
+                 "(write .safetensors instead)", site_name(opt.sites[0].site));
+        if (!sweep && opt.sites[0].layer == 0)
+            fail(out, "llama.cpp control vectors have no slot for layer 0 (direction.0 is rejected); write .safetensors instead");
+    }
+    auto pos_ids = encode_records(m, pos_recs, chat_options(a));
+    auto neg_ids = encode_records(m, neg_recs, chat_options(a));
+    Progress prog("vector", long(pos_ids.size() + neg_ids.size()), "prompts");
+    opt.on_progress = [&](long done, long total, long tokens) { prog.update(done, tokens, done == total); };
+    VectorResult r = compute_vectors(m, pos_ids, neg_ids, opt);
+
+    json stats = json::array();
+    for (size_t k = 0; k < opt.sites.size(); ++k)
+        stats.push_back({{"site", opt.sites[k].name()},
+                         {"norm", r.stats[k].norm},
+                         {"separation", r.stats[k].separation},
+                         {opt.method == VectorMethod::Pca ? "explained" : "mean_cos", r.stats[k].explained}});
+    fmt::print(stderr, "vector: {} from {} positive / {} negative rows{}\n", vector_method_name(opt.method), r.positive_rows,
+               r.negative_rows, r.pairs ? fmt::format(" ({} pairs)", r.pairs) : std::string());
+    for (size_t k = 0; k < opt.sites.size(); ++k)
+        fmt::print(stderr, "  {:<24} norm {:10.4f}  separation {:10.4f}  {}\n", opt.sites[k].name(), r.stats[k].norm,
+                   r.stats[k].separation,
+                   opt.method == VectorMethod::Mean ? std::string() : fmt::format("{} {:.4f}", opt.method == VectorMethod::Pca ? "explained" : "mean cos", r.stats[k].explained));
+
+    if (to_gguf) {
+        std::vector<std::pair<std::string, GGUFValue>> kv = {
+            {"general.architecture", GGUFValue{std::string("controlvector")}},
+            {"controlvector.model_hint", GGUFValue{a.get_or("--model-hint", c.model_type)}},
+            {"controlvector.layer_count", GGUFValue{int64_t(0)}},
+            {"stitch.method", GGUFValue{std::string(vector_method_name(opt.method))}},
+            {"stitch.positions", GGUFValue{opt.positive_positions.text}},
+            {"stitch.model_identity", GGUFValue{m.identity}},
+            {"stitch.version", GGUFValue{std::string(STITCH_VERSION)}}};
+        std::vector<GGUFWriteTensor> tensors;
+        std::vector<std::string> names;
+        for (size_t k = 0; k < opt.sites.size(); ++k) {
+            const int L = opt.sites[k].layer;
+            if (L == 0) {
+                fmt::print(stderr, "vector: layer 0 left out of {} (llama.cpp control vectors have no slot for it)\n", out);
+                continue;
+            }
+            names.push_back(fmt::format("direction.{}", L));
+        }
+        size_t t = 0;
+        for (size_t k = 0; k < opt.sites.size(); ++k)
+            if (opt.sites[k].layer != 0) tensors.push_back({names[t++], {int64_t(r.vectors[k].size())}, r.vectors[k]});
+        kv[2].second = GGUFValue{int64_t(tensors.size())};
+        write_gguf(out, kv, tensors);
+    } else {
+        std::vector<float> flat;
+        for (const auto& v : r.vectors) flat.insert(flat.end(), v.begin(), v.end());
+        std::vector<int64_t> shape = sweep ? std::vector<int64_t>{int64_t(r.vectors.size()), int64_t(r.vectors[0].size())}
+                                           : std::vector<int64_t>{int64_t(r.vectors[0].size())};
+        std::map<std::string, std::string> meta = {{"method", vector_method_name(opt.method)},
+                                                   {"site", site_spec},
+                                                   {"positions", opt.positive_positions.text},
+                                                   {"negative_positions", opt.negative_positions.text},
+                                                   {"model", m.path},
+                                                   {"model_identity", m.identity},
+                                                   {"positive", *a.get("--positive")},
+                                                   {"negative", *a.get("--negative")},
+                                                   {"positive_rows", std::to_string(r.positive_rows)},
+                                                   {"negative_rows", std::to_string(r.negative_rows)},
+                                                   {"pairs", std::to_string(r.pairs)},
+                                                   {"stats", stats.dump()},
+                                                   {"stitch_version", STITCH_VERSION}};
+        write_safetensors(out, {TensorOut{"direction", DType::F32, shape, as_bytes_span(flat)}}, meta);
+    }
+    fmt::print(stderr, "vector: wrote {}\n", out);
+    return 0;
+}
+
 int cmd_bench(int argc, char** argv) {
-    Args a = Args::parse(argc, argv, 2, {"--prompt-len", "--decode", "--reps", "--threads", "--json", "--seed", "--lora"}, {});
+    Args a = Args::parse(argc, argv, 2,
+                         {"--prompt-len", "--decode", "--reps", "--threads", "--json", "--seed", "--lora", "--steer"}, {});
     if (a.positional.size() != 1) fail("bench", "expects one MODEL argument");
     set_threads(a);
     const int prompt_len = a.get_int("--prompt-len", 512, 1, 1 << 20);
@@ -350,10 +484,15 @@ int cmd_bench(int argc, char** argv) {
     const int id_limit = std::min(c.vocab_size, std::max(1, m.tokenizer.vocab_size()));
     for (auto& t : prompt) t = int32_t(rng() % uint64_t(id_limit));
 
+    // With --steer, every forward pass below runs the interventions (to measure their cost).
+    const Steering steering = steering_for(a, m, {prompt}, n_decode + 1);
+    const Hooks steer_hooks = steering.hooks();
+    ForwardOptions fo;
+    if (!steering.empty()) fo.hooks = &steer_hooks;
     RunState st;
     auto run_prefill = [&](KVCache& kv) {
-        SeqInput in{&kv, prompt};
-        return forward(m, st, std::span<const SeqInput>(&in, 1));
+        SeqInput in{&kv, prompt, 0};
+        return forward(m, st, std::span<const SeqInput>(&in, 1), fo);
     };
     fmt::print(stderr, "bench: warm-up prefill of {} tokens\n", prompt_len);
     {
@@ -371,14 +510,14 @@ int cmd_bench(int argc, char** argv) {
     // Decode: a short prompt, then n_decode greedy steps with the cache.
     KVCache kv(c, 16 + n_decode + 1);
     std::vector<int32_t> first(prompt.begin(), prompt.begin() + std::min(16, prompt_len));
-    SeqInput in0{&kv, first};
-    auto logits = forward(m, st, std::span<const SeqInput>(&in0, 1));
+    SeqInput in0{&kv, first, 0};
+    auto logits = forward(m, st, std::span<const SeqInput>(&in0, 1), fo);
     std::mt19937_64 srng(0);
     int32_t tok = sample_token(logits.data(), c.vocab_size, {}, srng);
     auto t0 = Clock::now();
     for (int i = 0; i < n_decode; ++i) {
-        SeqInput in{&kv, std::span<const int32_t>(&tok, 1)};
-        logits = forward(m, st, std::span<const SeqInput>(&in, 1));
+        SeqInput in{&kv, std::span<const int32_t>(&tok, 1), 0};
+        logits = forward(m, st, std::span<const SeqInput>(&in, 1), fo);
         tok = sample_token(logits.data(), c.vocab_size, {}, srng);
     }
     double decode_s = seconds_since(t0);
@@ -441,6 +580,7 @@ int run_cli(int argc, char** argv) {
         if (cmd == "generate") return cmd_generate(argc, argv);
         if (cmd == "capture") return cmd_capture(argc, argv);
         if (cmd == "bench") return cmd_bench(argc, argv);
+        if (cmd == "vector") return cmd_vector(argc, argv);
         fail(cmd, "unknown subcommand (see `stitch help`)");
     } catch (const Error& e) {
         std::cout.flush();

@@ -60,7 +60,7 @@ std::vector<float> forward(const Model& m, RunState& st, std::span<const SeqInpu
                 int32_t id = s.tokens[t];
                 if (id < 0 || id >= c.vocab_size) fail("", "token id {} is outside the vocabulary (0..{})", id, c.vocab_size - 1);
                 st.token[size_t(r)] = id;
-                st.row_seq[size_t(r)] = int32_t(si);
+                st.row_seq[size_t(r)] = s.id >= 0 ? s.id : int32_t(si);
                 st.row_pos[size_t(r)] = s.cache->length + int32_t(t);
                 if (opt.all_logits || t + 1 == s.tokens.size()) st.logit_src.push_back(r);
             }

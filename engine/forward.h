@@ -17,8 +17,9 @@ enum class Site : uint8_t { Embed, ResidPre, AttnOut, ResidMid, MlpOut, ResidPos
 inline constexpr int kSiteCount = 8;
 const char* site_name(Site s);
 
-// What a hook sees: `rows` activations of width `cols`, row r belonging to sequence
-// seq[r] at absolute position pos[r]. Hooks may modify data (steering).
+// What a hook sees: `rows` activations of width `cols`, row r belonging to the sequence with
+// id seq[r] (SeqInput::id: the caller's prompt index) at absolute position pos[r] (BOS is 0;
+// generated tokens continue after the prompt). Hooks may modify data (steering).
 struct SiteView {
     Site site;
     int layer;  // -1 for embed, final_norm, logits
@@ -51,6 +52,7 @@ struct KVCache {
 struct SeqInput {
     KVCache* cache;
     std::span<const int32_t> tokens;
+    int32_t id = -1;  // what hooks see as SiteView::seq (the caller's prompt index); -1: index in the batch
 };
 
 struct ForwardOptions {

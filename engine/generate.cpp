@@ -83,7 +83,7 @@ std::vector<Generation> generate(const Model& m, const std::vector<std::vector<i
         for (size_t i : active) {
             std::span<const int32_t> toks = step == 0 ? std::span<const int32_t>(prompts[i])
                                                       : std::span<const int32_t>(&next[i], 1);
-            in.push_back(SeqInput{&caches[i], toks});
+            in.push_back(SeqInput{&caches[i], toks, int32_t(opt.first_id + int(i))});
         }
         std::vector<float> logits = forward(m, st, in, fo);
         std::vector<size_t> still;

@@ -30,7 +30,8 @@ struct GenerateOptions {
     SamplingParams sampling;
     bool stop_at_eos = true;
     std::vector<int32_t> eos_ids;  // empty: the model's
-    const Hooks* hooks = nullptr;
+    const Hooks* hooks = nullptr;  // SiteView::seq is first_id + the prompt's index in this call
+    int first_id = 0;
     // Called after each decode step with (tokens generated so far across the batch, elapsed s).
     std::function<void(int, double)> on_progress;
 };

@@ -441,4 +441,96 @@ std::string GGUFFile::type_summary() const {
     return s;
 }
 
+namespace {
+
+struct GGUFOut {
+    std::string bytes;
+    void u32(uint32_t v) { bytes.append(reinterpret_cast<const char*>(&v), 4); }
+    void u64(uint64_t v) { bytes.append(reinterpret_cast<const char*>(&v), 8); }
+    void str(const std::string& s) {
+        u64(s.size());
+        bytes += s;
+    }
+    // GGUF value types: 4 UINT32, 5 INT32, 6 FLOAT32, 7 BOOL, 8 STRING, 9 ARRAY, 10 UINT64, 11 INT64
+    static uint32_t type_of(const GGUFValue& v) {
+        if (auto* u = std::get_if<uint64_t>(&v.v)) return *u <= 0xffffffffull ? 4 : 10;
+        if (auto* i = std::get_if<int64_t>(&v.v))
+            return *i >= std::numeric_limits<int32_t>::min() && *i <= std::numeric_limits<int32_t>::max() ? 5 : 11;
+        if (std::holds_alternative<double>(v.v)) return 6;
+        if (std::holds_alternative<bool>(v.v)) return 7;
+        if (std::holds_alternative<std::string>(v.v)) return 8;
+        return 9;
+    }
+    void value(const GGUFValue& v, uint32_t type) {
+        switch (type) {
+            case 4: u32(uint32_t(std::get<uint64_t>(v.v))); break;
+            case 10: u64(std::get<uint64_t>(v.v)); break;
+            case 5: u32(uint32_t(int32_t(std::get<int64_t>(v.v)))); break;
+            case 11: u64(uint64_t(std::get<int64_t>(v.v))); break;
+            case 6: {
+                float f = float(std::get<double>(v.v));
+                bytes.append(reinterpret_cast<const char*>(&f), 4);
+                break;
+            }
+            case 7: bytes += char(std::get<bool>(v.v) ? 1 : 0); break;
+            case 8: str(std::get<std::string>(v.v)); break;
+            case 9: {
+                const auto& arr = std::get<GGUFValue::Array>(v.v);
+                // one element type for the whole array: the widest its elements need
+                uint32_t et = arr.empty() ? 5 : type_of(arr[0]);
+                for (const auto& e : arr) et = std::max(et, type_of(e));
+                u32(et);
+                u64(arr.size());
+                for (const auto& e : arr) value(e, et);
+                break;
+            }
+        }
+    }
+};
+
+}  // namespace
+
+void write_gguf(const std::filesystem::path& path, const std::vector<std::pair<std::string, GGUFValue>>& metadata,
+                const std::vector<GGUFWriteTensor>& tensors) {
+    constexpr uint64_t kAlign = 32;
+    GGUFOut o;
+    o.bytes = "GGUF";
+    o.u32(3);
+    o.u64(tensors.size());
+    o.u64(metadata.size());
+    for (const auto& [key, v] : metadata) {
+        o.str(key);
+        const uint32_t t = GGUFOut::type_of(v);
+        o.u32(t);
+        o.value(v, t);
+    }
+    uint64_t offset = 0;
+    for (const auto& t : tensors) {
+        int64_t n = 1;
+        for (auto d : t.shape) n *= d;
+        if (n != int64_t(t.data.size())) fail(path.string(), "internal: tensor {} has {} values for its shape", t.name, t.data.size());
+        o.str(t.name);
+        o.u32(uint32_t(t.shape.size()));
+        for (auto d : t.shape) o.u64(uint64_t(d));
+        o.u32(uint32_t(GGMLType::F32));
+        o.u64(offset);
+        offset += (uint64_t(n) * 4 + kAlign - 1) / kAlign * kAlign;
+    }
+    while (o.bytes.size() % kAlign) o.bytes += char(0);
+    for (const auto& t : tensors) {
+        o.bytes.append(reinterpret_cast<const char*>(t.data.data()), t.data.size() * 4);
+        while (o.bytes.size() % kAlign) o.bytes += char(0);
+    }
+    const std::string tmp = path.string() + ".tmp";
+    std::FILE* f = std::fopen(tmp.c_str(), "wb");
+    if (!f) fail(path.string(), "cannot open for writing");
+    bool ok = std::fwrite(o.bytes.data(), 1, o.bytes.size(), f) == o.bytes.size();
+    ok = std::fclose(f) == 0 && ok;
+    if (!ok) {
+        std::filesystem::remove(tmp);
+        fail(path.string(), "write failed (disk full?)");
+    }
+    std::filesystem::rename(tmp, path);
+}
+
 }  // namespace stitch

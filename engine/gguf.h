@@ -88,4 +88,15 @@ private:
     std::shared_ptr<const Impl> impl_;
 };
 
+// Writing: a GGUF v3 file of metadata values and F32 tensors, through PATH.tmp renamed at the
+// end (no partial file under PATH). Integers are written as INT32/UINT32 when they fit, floats
+// as FLOAT32. Tensor shapes are in ggml order (shape[0] fastest).
+struct GGUFWriteTensor {
+    std::string name;
+    std::vector<int64_t> shape;
+    std::span<const float> data;
+};
+void write_gguf(const std::filesystem::path& path, const std::vector<std::pair<std::string, GGUFValue>>& metadata,
+                const std::vector<GGUFWriteTensor>& tensors);
+
 }  // namespace stitch

@@ -1,8 +1,13 @@
 #include "engine/model.h"
 
+#include <fmt/format.h>
+
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "engine/error.h"
+#include "engine/gguf.h"
 #include "engine/safetensors.h"
 #include "models/hf.h"
 
@@ -89,6 +94,41 @@ std::vector<float> concat(V&&... parts) {
 
 }  // namespace
 
+namespace {
+
+uint64_t fnv1a(std::span<const uint8_t> bytes, uint64_t h = 0xcbf29ce484222325ull) {
+    for (uint8_t b : bytes) h = (h ^ b) * 0x100000001b3ull;
+    return h;
+}
+
+uint64_t fnv1a(std::string_view s, uint64_t h = 0xcbf29ce484222325ull) {
+    return fnv1a(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(s.data()), s.size()), h);
+}
+
+}  // namespace
+
+std::string file_fingerprint(const std::filesystem::path& file) {
+    MappedFile f(file);
+    auto b = f.bytes();
+    size_t n = b.size();
+    if (n >= 8 && std::memcmp(b.data(), "GGUF", 4) == 0) {
+        n = size_t(GGUFFile(file).data_offset());
+    } else if (file.extension() == ".safetensors" && n >= 8) {
+        uint64_t len = 0;
+        for (int i = 0; i < 8; ++i) len |= uint64_t(b[size_t(i)]) << (8 * i);
+        n = size_t(std::min<uint64_t>(n, 8 + len));
+    }
+    uint64_t h = fnv1a(b.first(n));
+    h = fnv1a(std::to_string(b.size()), h);
+    return fmt::format("{:016x}", h);
+}
+
+std::string combine_fingerprints(const std::vector<std::string>& parts) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (const auto& p : parts) h = fnv1a(p + "\n", h);
+    return fmt::format("fnv1a64:{:016x}", h);
+}
+
 Model load_model(const std::filesystem::path& path) {
     if (!std::filesystem::exists(path)) fail(path.string(), "no such file or folder");
     if (!std::filesystem::is_directory(path)) return load_gguf_model(path);
@@ -142,6 +182,13 @@ Model load_model(const std::filesystem::path& path) {
 
     // Per layer: Gemma 3's sliding-window layers have a RoPE of their own (base 1e4, unscaled).
     m.inv_freq = layer_inv_freq(c, rope_inv_freq(c.rope, c.head_dim));
+    std::vector<std::string> parts = {file_fingerprint(path / "config.json")};
+    std::vector<std::filesystem::path> weight_files;
+    for (const auto& e : std::filesystem::directory_iterator(path))
+        if (e.path().extension() == ".safetensors") weight_files.push_back(e.path());
+    std::sort(weight_files.begin(), weight_files.end());
+    for (const auto& f : weight_files) parts.push_back(f.filename().string() + ":" + file_fingerprint(f));
+    m.identity = combine_fingerprints(parts);
     return m;
 }
 

@@ -42,6 +42,10 @@ struct Model {
     Tokenizer tokenizer;
     std::string weight_dtypes;  // summary of stored dtypes, for `inspect`
     std::string adapter;        // description of a merged LoRA adapter, or empty
+    // "fnv1a64:<hex>" over what defines the model: config.json and the weight files' headers and
+    // sizes (GGUF: everything before the tensor data), plus a merged adapter's. Written into
+    // capture, vector and map metadata so a file can be checked against the model it came from.
+    std::string identity;
     std::vector<std::vector<float>> inv_freq;  // per layer: RoPE inverse frequencies [head_dim/2]
 };
 
@@ -50,6 +54,12 @@ struct Model {
 // Throws stitch::Error naming the file.
 Model load_model(const std::filesystem::path& path);
 Model load_gguf_model(const std::filesystem::path& path);
+
+// FNV-1a 64 fingerprint of a file, as 16 hex digits: safetensors → its header and size, GGUF →
+// everything before the tensor data and its size, anything else → its whole content.
+std::string file_fingerprint(const std::filesystem::path& file);
+// Fingerprint of several parts, for Model::identity.
+std::string combine_fingerprints(const std::vector<std::string>& parts);
 
 // RoPE inverse frequencies [head_dim/2] (HF's formula, including llama3/linear scaling): of the
 // config's global RoPE, or of any RopeConfig (Gemma 3's local one).

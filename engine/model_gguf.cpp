@@ -26,6 +26,7 @@ Model load_gguf_model(const std::filesystem::path& path) {
     m.weights = gguf_model_weights(f, m.config);
     m.weight_dtypes = f.type_summary();
     m.inv_freq = gguf_layer_inv_freq(f, m.config);
+    m.identity = combine_fingerprints({file_fingerprint(path)});
     return m;
 }
 
