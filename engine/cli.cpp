@@ -69,6 +69,7 @@ const char* kUsage =
     "  tokenize MODEL TEXT      token ids of TEXT\n"
     "  generate MODEL ...       generate text (greedy or sampled), batched\n"
     "  capture MODEL ...        residual-stream sites of many prompts to one safetensors file\n"
+    "  vector MODEL ...         steering vectors (paired, mean, pca) to safetensors or a llama.cpp control vector\n"
     "  bench MODEL ...          prefill and decode tokens/s, peak memory\n"
     "  help [SUBCOMMAND]        this text, or one subcommand's usage\n"
     "\n"
@@ -102,22 +103,42 @@ const std::map<std::string, std::string> kHelp = {
      "  -o, --output FILE        write JSONL results here (default: stdout)\n"
      "  --threads N              CPU threads (default: all cores)\n"
      "  --lora DIR               merge a PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors)\n"
+     "  --steer SITE:OP:FILE[:ALPHA][@POSITIONS]   repeatable, applied in order, in the prompt and every\n"
+     "                           decode step. OP: add (x += a*v), ablate (x -= a*(x.v^)v^), replace\n"
+     "                           (x = (1-a)x + a*v; or a capture file's rows). FILE: safetensors [d] or\n"
+     "                           [n_layers, d], a capture file, or a llama.cpp control-vector GGUF.\n"
+     "                           See docs/taps-and-steering.md.\n"
      "  With --prompt, prints the completion. With --prompts (JSONL: {\"prompt\": ..., \"id\": ...,\n"
      "  \"chat\": true|false}), prints one JSON object per prompt: id, prompt, completion,\n"
      "  prompt_tokens, new_tokens, stop (\"eos\" or \"length\").\n"},
     {"bench",
      "usage: stitch bench MODEL [--prompt-len 512] [--decode 64] [--reps 3] [--threads N] [--json FILE] [--lora DIR]\n"
+     "                    [--steer SPEC ...]   (measures the forward pass with those interventions)\n"
      "  Prefill tokens/s on a random-id prompt (best of --reps after a warm-up), batch-1 decode\n"
      "  tokens/s with the KV cache, weight bytes streamed per decoded token as GB/s, load time and\n"
      "  peak RSS.\n"},
     {"capture",
      "usage: stitch capture MODEL --prompts FILE.jsonl --sites S1,S2,... [--positions SEL] [--dtype f32|f16|bf16]\n"
      "                      -o OUT.safetensors [--chat[=FORMAT]] [--system TEXT] [--batch B] [--lora DIR]\n"
+     "                      [--steer SPEC ...]   (the taps see the steered activations)\n"
      "  Sites: embed, blocks.L.resid_pre|attn_out|resid_mid|mlp_out|resid_post (L may be *), final_norm,\n"
-     "  logits. Positions (absolute, BOS included): all (default), prompt, last, I, I:J, -K (from the end).\n"
+     "  logits. Positions (absolute, BOS included): all (default), prompt, last, I, I:J, -K (from the\n"
+     "  end of the prompt), match=TEXT (tokens overlapping TEXT, e.g. a trigger).\n"
      "  Output: one tensor per site named by the site, [selected_tokens, d], rows in prompt order, plus\n"
      "  token_ids, prompt_index, position (I32) and __metadata__ (model, sites, selector, version).\n"
      "  Rows stream to disk (bounded memory); the file appears under OUT only when complete.\n"},
+    {"vector",
+     "usage: stitch vector MODEL --method paired|mean|pca --positive P.jsonl --negative N.jsonl --site SITE\n"
+     "                     [--sweep] [--positions SEL] [--negative-positions SEL] [--chat[=FORMAT]] [--batch B]\n"
+     "                     [--lora DIR] [--model-hint NAME] -o OUT.safetensors|OUT.gguf\n"
+     "  paired  line i of P and N differ only by a trigger: mean over pairs of (P_i - N_i) at the selected\n"
+     "          positions (default 'diff': the tokens where the pair differs)\n"
+     "  mean    mean of all selected positive rows - mean of all negative rows (default positions 'last')\n"
+     "  pca     top principal component of the pair differences (each pair centred on its midpoint),\n"
+     "          signed so positives project higher, scaled by the mean projection\n"
+     "  --sweep one vector per layer ([n_layers, d]) for SITE's kind, e.g. to pick a layer\n"
+     "  OUT.safetensors holds 'direction' ([d] or [n_layers, d]); OUT.gguf is a llama.cpp control vector\n"
+     "  (resid_post only: direction.N acts on blocks.N.resid_post; layer 0 has no slot).\n"},
     {"help", "usage: stitch help [SUBCOMMAND]\n"},
 };
 

@@ -1,6 +1,13 @@
 // `stitch capture` against the HF fixtures: captured sites equal HF hidden_states rows at the
 // selected positions; selectors; bounded streaming output; bad specs fail without output.
 #include <doctest/doctest.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <random>
 #include <fmt/format.h>
 
 #include "engine/error.h"
@@ -121,4 +128,63 @@ TEST_CASE("capture: f16/bf16 output and bad specs") {
         CHECK_FALSE(std::filesystem::exists(out));
         CHECK(std::distance(std::filesystem::directory_iterator(dir.path), {}) == 3);  // no .tmp leftovers
     }
+}
+
+namespace {
+
+// Runs build/stitch with argv (no shell), stderr to /dev/null; returns the exit status and the
+// child's peak RSS in MB. With kill_after_ms > 0, sends SIGKILL after that long instead.
+std::pair<int, double> spawn_stitch(const std::vector<std::string>& args, int kill_after_ms = 0) {
+    std::vector<std::string> full = {test::stitch_binary().string()};
+    full.insert(full.end(), args.begin(), args.end());
+    std::vector<char*> argv;
+    for (auto& s : full) argv.push_back(s.data());
+    argv.push_back(nullptr);
+    pid_t pid = ::fork();
+    if (pid == 0) {
+        int devnull = ::open("/dev/null", O_WRONLY);
+        ::dup2(devnull, 2);
+        ::execv(argv[0], argv.data());
+        ::_exit(127);
+    }
+    if (kill_after_ms > 0) {
+        ::usleep(useconds_t(kill_after_ms) * 1000);
+        ::kill(pid, SIGKILL);
+    }
+    int status = 0;
+    struct rusage ru{};
+    ::wait4(pid, &status, 0, &ru);
+    return {WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status), double(ru.ru_maxrss) / 1024.0};
+}
+
+}  // namespace
+
+TEST_CASE("capture: 20k prompts stream to disk in bounded memory; SIGKILL mid-run leaves no file") {
+    test::TempDir dir;
+    std::string jsonl;
+    const char* words[] = {"the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "river", "forest", "village", "people"};
+    std::mt19937 rng(3);
+    for (int i = 0; i < 20000; ++i)
+        jsonl += fmt::format("{{\"prompt\": \"{} {} {}\"}}\n", words[rng() % 12], words[rng() % 12], words[rng() % 12]);
+    test::write_bytes(dir / "p.jsonl", jsonl);
+    const std::string out = (dir / "cap.safetensors").string();
+    const std::vector<std::string> args = {"capture", test::fixture("models/llama_tied").string(), "--prompts",
+                                           (dir / "p.jsonl").string(), "--sites", "blocks.1.resid_post", "--batch", "64",
+                                           "-o", out};
+    // Killed a moment into the run: nothing under the output name, and no temporary files
+    // either (spill files are unlinked as soon as they are open).
+    auto [killed, rss0] = spawn_stitch(args, 400);
+    CHECK(killed == -SIGKILL);
+    CHECK_FALSE(std::filesystem::exists(out));
+    CHECK(std::distance(std::filesystem::directory_iterator(dir.path), {}) == 1);  // p.jsonl only
+
+    auto [status, rss_mb] = spawn_stitch(args);
+    REQUIRE(status == 0);
+    SafetensorsFile cap(out);
+    const auto& t = cap.get("blocks.1.resid_post");
+    const double out_mb = double(t.nbytes) / (1 << 20);
+    MESSAGE(fmt::format("20k prompts: {} rows, {:.0f} MB of activations, peak RSS {:.0f} MB", t.shape[0], out_mb, rss_mb));
+    CHECK(out_mb > 50);
+    CHECK(rss_mb < 48);  // the rows never sit in memory together
+    CHECK(cap.to_i32(cap.get("prompt_index")).back() == 19999);
 }
