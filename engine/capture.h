@@ -15,7 +15,10 @@
 
 namespace stitch {
 
-// A safetensors file whose tensors grow by rows. Nothing appears under `path` until finish().
+// A safetensors file whose tensors grow by rows. Nothing appears under `path` until finish(),
+// and a killed process leaves no file behind: when every tensor's row count is announced, rows
+// are written in place into an anonymous (O_TMPFILE) file that finish() links in; otherwise they
+// go to unlinked spill files that finish() joins.
 class StreamingSafetensorsWriter {
 public:
     StreamingSafetensorsWriter(std::filesystem::path path, std::map<std::string, std::string> metadata);
@@ -24,7 +27,8 @@ public:
     StreamingSafetensorsWriter& operator=(const StreamingSafetensorsWriter&) = delete;
 
     // A tensor of shape [rows, width] (width 0: shape [rows]). dtype F32/F16/BF16 or I32.
-    int add_tensor(std::string name, DType dtype, int64_t width);
+    // expected_rows >= 0 announces the final row count (finish() checks it).
+    int add_tensor(std::string name, DType dtype, int64_t width, int64_t expected_rows = -1);
     void append_rows(int tensor, const float* rows, int64_t n);    // float tensors, n rows of width
     void append_i32(int tensor, const int32_t* values, int64_t n);  // I32 tensors of width 0
     int64_t rows(int tensor) const;
@@ -32,10 +36,18 @@ public:
 
 private:
     struct Part;
+    void start();
+    void open_output();
+    std::string header_bytes() const;
+    void write_at(const void* data, size_t n, uint64_t offset);
+    void append(Part& p, const void* src, int64_t n);
+
     std::filesystem::path path_;
     std::map<std::string, std::string> metadata_;
-    std::vector<Part*> parts_;
-    bool finished_ = false;
+    std::vector<Part*> parts_;  // owned
+    bool started_ = false, direct_ = false, finished_ = false;
+    int out_fd_ = -1;
+    std::string out_tmp_;  // named temporary (no O_TMPFILE, or linked in by finish)
     std::vector<uint8_t> scratch_;
 };
 

@@ -10,6 +10,7 @@
 #include <random>
 #include <fmt/format.h>
 
+#include "engine/capture.h"
 #include "engine/error.h"
 #include "engine/safetensors.h"
 #include "engine/sites.h"
@@ -187,4 +188,41 @@ TEST_CASE("capture: 20k prompts stream to disk in bounded memory; SIGKILL mid-ru
     CHECK(out_mb > 50);
     CHECK(rss_mb < 48);  // the rows never sit in memory together
     CHECK(cap.to_i32(cap.get("prompt_index")).back() == 19999);
+}
+
+TEST_CASE("streaming writer: rows announced or not, the file reads back the same; nothing appears before finish") {
+    for (bool announce : {true, false}) {
+        CAPTURE(announce);
+        test::TempDir dir;
+        const auto out = dir / "w.safetensors";
+        std::vector<float> a(6 * 3), b(6);
+        for (size_t i = 0; i < a.size(); ++i) a[i] = float(i) * 0.5f;
+        std::vector<int32_t> idx = {5, 4, 3, 2, 1, 0};
+        {
+            StreamingSafetensorsWriter w(out, {{"k", "v"}});
+            const int ta = w.add_tensor("a", DType::BF16, 3, announce ? 6 : -1);
+            const int ti = w.add_tensor("i", DType::I32, 0, announce ? 6 : -1);
+            w.append_rows(ta, a.data(), 2);
+            w.append_i32(ti, idx.data(), 4);
+            w.append_rows(ta, a.data() + 6, 4);
+            w.append_i32(ti, idx.data() + 4, 2);
+            CHECK_FALSE(std::filesystem::exists(out));
+            w.finish();
+        }
+        CHECK(std::distance(std::filesystem::directory_iterator(dir.path), {}) == 1);
+        SafetensorsFile f(out);
+        CHECK(f.metadata().at("k") == "v");
+        CHECK(f.get("a").shape == std::vector<int64_t>{6, 3});
+        CHECK(f.to_f32(f.get("a")) == a);  // multiples of 0.5 are exact in bf16
+        CHECK(f.to_i32(f.get("i")) == idx);
+    }
+    test::TempDir dir;
+    {
+        StreamingSafetensorsWriter w(dir / "x.safetensors", {});
+        const int t = w.add_tensor("a", DType::F32, 2, 3);
+        float row[2] = {1, 2};
+        w.append_rows(t, row, 1);
+        CHECK_THROWS_WITH_AS(w.finish(), doctest::Contains("1 rows, 3 announced"), Error);
+    }
+    CHECK(std::distance(std::filesystem::directory_iterator(dir.path), {}) == 0);  // abandoned: nothing left
 }
