@@ -130,7 +130,7 @@ const std::map<std::string, std::string> kHelp = {
     {"vector",
      "usage: stitch vector MODEL --method paired|mean|pca --positive P.jsonl --negative N.jsonl --site SITE\n"
      "                     [--sweep] [--positions SEL] [--negative-positions SEL] [--chat[=FORMAT]] [--batch B]\n"
-     "                     [--lora DIR] [--model-hint NAME] -o OUT.safetensors|OUT.gguf\n"
+     "                     [--lora DIR] [--steer SPEC ...] [--model-hint NAME] -o OUT.safetensors|OUT.gguf\n"
      "  paired  line i of P and N differ only by a trigger: mean over pairs of (P_i - N_i) at the selected\n"
      "          positions (default 'diff': the tokens where the pair differs)\n"
      "  mean    mean of all selected positive rows - mean of all negative rows (default positions 'last')\n"
@@ -253,11 +253,12 @@ ChatOptions chat_options(const Args& a) {
 }
 
 // Every --steer SITE:OP:FILE[:ALPHA][@SEL], in the order given, bound to the prompts of this run.
-Steering steering_for(const Args& a, const Model& m, const std::vector<std::vector<int32_t>>& prompts, int max_new) {
+Steering steering_for(const Args& a, const Model& m, const std::vector<std::vector<int32_t>>& prompts, int max_new,
+                      bool check = true) {
     std::vector<std::string> specs;
     if (auto it = a.values.find("--steer"); it != a.values.end()) specs = it->second;
     Steering s = Steering::load(specs, m);
-    if (!s.empty()) s.bind(m, prompts, max_new);
+    if (!s.empty()) s.bind(m, prompts, max_new, check);
     return s;
 }
 
@@ -384,7 +385,7 @@ int cmd_capture(int argc, char** argv) {
 int cmd_vector(int argc, char** argv) {
     Args a = Args::parse(argc, argv, 2,
                          {"--method", "--positive", "--negative", "--site", "--positions", "--negative-positions", "-o",
-                          "--output", "--system", "--batch", "--threads", "--lora", "--model-hint"},
+                          "--output", "--system", "--batch", "--threads", "--lora", "--model-hint", "--steer"},
                          {"--chat", "--sweep"});
     if (a.positional.size() != 1) fail("vector", "expects one MODEL argument");
     for (const char* need : {"--method", "--positive", "--negative", "--site"})
@@ -424,6 +425,14 @@ int cmd_vector(int argc, char** argv) {
     }
     auto pos_ids = encode_records(m, pos_recs, chat_options(a));
     auto neg_ids = encode_records(m, neg_recs, chat_options(a));
+    // Each set gets its own binding; an item must select something in one of the two.
+    const Steering pos_steer = steering_for(a, m, pos_ids, 0, false), neg_steer = steering_for(a, m, neg_ids, 0, false);
+    if (!pos_steer.empty()) {
+        auto both = pos_ids;
+        both.insert(both.end(), neg_ids.begin(), neg_ids.end());
+        steering_for(a, m, both, 0);
+    }
+    if (!pos_steer.empty()) opt.positive_steering = &pos_steer, opt.negative_steering = &neg_steer;
     Progress prog("vector", long(pos_ids.size() + neg_ids.size()), "prompts");
     opt.on_progress = [&](long done, long total, long tokens) { prog.update(done, tokens, done == total); };
     VectorResult r = compute_vectors(m, pos_ids, neg_ids, opt);
@@ -482,6 +491,7 @@ int cmd_vector(int argc, char** argv) {
                                                    {"negative_rows", std::to_string(r.negative_rows)},
                                                    {"pairs", std::to_string(r.pairs)},
                                                    {"stats", stats.dump()},
+                                                   {"steer", pos_steer.describe()},
                                                    {"stitch_version", STITCH_VERSION}};
         write_safetensors(out, {TensorOut{"direction", DType::F32, shape, as_bytes_span(flat)}}, meta);
     }

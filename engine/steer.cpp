@@ -239,7 +239,7 @@ Steering Steering::load(const std::vector<std::string>& specs, const Model& m) {
     return s;
 }
 
-void Steering::bind(const Model& m, const std::vector<std::vector<int32_t>>& prompts, int max_new) {
+void Steering::bind(const Model& m, const std::vector<std::vector<int32_t>>& prompts, int max_new, bool check) {
     prompt_len_.resize(prompts.size());
     for (size_t i = 0; i < prompts.size(); ++i) prompt_len_[i] = int32_t(prompts[i].size());
     masks_.assign(items_.size(), {});
@@ -257,7 +257,7 @@ void Steering::bind(const Model& m, const std::vector<std::vector<int32_t>>& pro
         }
         // Every item must select at least one position of one prompt (and, for a patch, one
         // position the file has a row for); else the user's intervention silently does nothing.
-        bool any = false;
+        bool any = !check;
         for (size_t i = 0; i < prompts.size() && !any; ++i) {
             const int len = prompt_len_[i], total = len + max_new;
             const std::vector<char>* mask = masks_[k].empty() ? nullptr : &masks_[k][i];

@@ -64,7 +64,8 @@ public:
 
     // Prepares for a run over `prompts` (token ids; SiteView::seq = index into it) that generates up
     // to max_new tokens each: match= masks, and the check that every item selects something.
-    void bind(const Model& m, const std::vector<std::vector<int32_t>>& prompts, int max_new);
+    // check = false skips the "selects nothing" check (a caller checking a union of prompt sets).
+    void bind(const Model& m, const std::vector<std::vector<int32_t>>& prompts, int max_new, bool check = true);
 
     // Applies every item at v's site (in order) to the selected rows.
     void apply(const SiteView& v) const;

@@ -44,7 +44,7 @@ namespace {
 // Runs prompts through the model and calls emit(prompt, site index, sum of selected rows, count)
 // once per prompt and site (count may be 0). Memory: one batch of sums.
 void collect(const Model& m, const std::vector<std::vector<int32_t>>& prompts, const std::vector<SiteRef>& sites,
-             const PositionSelector& sel, const std::vector<std::vector<char>>& masks, int batch,
+             const PositionSelector& sel, const std::vector<std::vector<char>>& masks, int batch, const Steering* steering,
              const std::function<void(size_t, size_t, const double*, long)>& emit,
              const std::function<void(size_t, long)>& progress) {
     const ModelConfig& c = m.config;
@@ -74,8 +74,9 @@ void collect(const Model& m, const std::vector<std::vector<int32_t>>& prompts, c
         }
         for (size_t i = b0; i < b1; ++i) in.push_back({&caches[i - b0], prompts[i], int32_t(i)});
         Hooks hooks;
-        hooks.site_mask = site_mask;
+        hooks.site_mask = site_mask | (steering ? steering->site_mask() : 0u);
         hooks.on_site = [&](const SiteView& v) {
+            if (steering) steering->apply(v);
             auto it = site_index.find({int(v.site), v.layer});
             if (it == site_index.end()) return;
             for (int r = 0; r < v.rows; ++r) {
@@ -207,7 +208,7 @@ VectorResult compute_vectors(const Model& m, const std::vector<std::vector<int32
             if (opt.on_progress) opt.on_progress(offset + long(done), total, done_tokens + tokens);
         };
     };
-    collect(m, positive, opt.sites, opt.positive_positions, pmask, opt.batch,
+    collect(m, positive, opt.sites, opt.positive_positions, pmask, opt.batch, opt.positive_steering,
             [&](size_t i, size_t k, const double* sum, long count) {
                 if (count == 0) {
                     if (paired) fail("--positions", "'{}' selects nothing in positive prompt {}", opt.positive_positions.text, i + 1);
@@ -220,7 +221,7 @@ VectorResult compute_vectors(const Model& m, const std::vector<std::vector<int32
             },
             progress(0));
     for (const auto& p : positive) done_tokens += long(p.size());
-    collect(m, negative, opt.sites, opt.negative_positions, nmask, opt.batch,
+    collect(m, negative, opt.sites, opt.negative_positions, nmask, opt.batch, opt.negative_steering,
             [&](size_t i, size_t k, const double* sum, long count) {
                 if (count == 0) {
                     if (paired) fail("--negative-positions", "'{}' selects nothing in negative prompt {}", opt.negative_positions.text, i + 1);

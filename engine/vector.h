@@ -16,6 +16,7 @@
 
 #include "engine/model.h"
 #include "engine/sites.h"
+#include "engine/steer.h"
 
 namespace stitch {
 
@@ -28,6 +29,10 @@ struct VectorOptions {
     std::vector<SiteRef> sites;  // one vector per site (a sweep: one per layer)
     PositionSelector positive_positions, negative_positions;
     int batch = 8;
+    // Interventions while collecting (e.g. another direction ablated), bound to the positive and
+    // the negative prompts respectively; nullptr for none.
+    const Steering* positive_steering = nullptr;
+    const Steering* negative_steering = nullptr;
     std::function<void(long prompts_done, long prompts_total, long tokens)> on_progress;
 };
 

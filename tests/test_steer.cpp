@@ -449,6 +449,17 @@ TEST_CASE("stitch vector: CLI writes safetensors and control-vector GGUF that st
     SafetensorsFile pf(pv);
     CHECK(test::rel_err(pf.to_f32(pf.get("direction")), expect) < 1e-5);
 
+    // --steer while collecting: with u ablated at the site, the vector has no u component
+    auto u = randn(64, 17);
+    save_vector(dir / "u.safetensors", u, {64});
+    const std::string sv = (dir / "steered.safetensors").string();
+    run("--method mean --site blocks.1.resid_post --steer " + quote("blocks.1.resid_post:ablate:" + (dir / "u.safetensors").string()) +
+        " -o " + quote(sv));
+    SafetensorsFile svf(sv);
+    auto sdir = svf.to_f32(svf.get("direction"));
+    CHECK(std::abs(cosine(sdir, u)) < 1e-4);
+    CHECK(svf.metadata().at("steer").find("ablate") != std::string::npos);
+
     // bad requests: one line, exit 2, nothing written
     const std::string bad = (dir / "bad.gguf").string();
     for (auto [args, what] : {std::pair{"--method pca --site blocks.1.attn_out -o ", "applied at blocks.N.resid_post"},
