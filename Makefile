@@ -85,6 +85,7 @@ $(PYTHON): tools/requirements.txt
 
 fixtures: $(PYTHON)
 	$(PYTHON) tools/make_fixtures.py
+	$(PYTHON) tools/make_steer_fixtures.py
 	$(PYTHON) tools/make_tokenizer_fixtures.py
 	$(PYTHON) tools/make_gguf_fixtures.py
 	$(PYTHON) tools/make_lora_fixtures.py

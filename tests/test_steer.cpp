@@ -520,3 +520,113 @@ TEST_CASE("steering: bad steering input is one line, exit 2, no output") {
                                quote(out) + " --steer " + quote("blocks.1.resid_post:add:" + v + "@40"));
     CHECK(ok.status == 0);
 }
+
+namespace {
+
+std::vector<std::string> split(const std::string& s, const std::string& sep) {
+    std::vector<std::string> out;
+    size_t a = 0;
+    for (size_t b; (b = s.find(sep, a)) != std::string::npos; a = b + sep.size()) out.push_back(s.substr(a, b - a));
+    out.push_back(s.substr(a));
+    return out;
+}
+
+}  // namespace
+
+TEST_CASE("steering against HF forward hooks: add, ablate, replace, patch, stacks, per-layer, selectors, every family") {
+    for (const char* fam : kFamilies) {
+        CAPTURE(fam);
+        const auto folder = test::fixture(std::string("models/") + fam);
+        Model m = load_model(folder);
+        SafetensorsFile ref(folder / "steer.safetensors");
+        const auto& meta = ref.metadata();
+        test::TempDir dir;
+        // the vectors and the patch file the specs name
+        std::map<std::string, std::string> files;
+        for (const char* name : {"vec", "vec2", "vec_layers"}) {
+            const auto& t = ref.get(name);
+            auto v = ref.to_f32(t);
+            save_vector(dir / (std::string(name) + ".safetensors"), v, t.shape);
+            files[std::string("{") + name + "}"] = (dir / (std::string(name) + ".safetensors")).string();
+        }
+        const std::string L = meta.at("layer");
+        const std::string patch_site = "blocks." + L + ".resid_post";
+        {
+            const auto& pt = ref.get("patch." + patch_site);
+            auto rows = ref.to_f32(pt);
+            auto pi = ref.to_i32(ref.get("patch.prompt_index")), pos = ref.to_i32(ref.get("patch.position"));
+            auto tok = ref.to_i32(ref.get("patch.token_ids"));
+            write_safetensors(dir / "patch.safetensors",
+                              {TensorOut{patch_site, DType::F32, pt.shape, as_bytes_span(rows)},
+                               TensorOut{"prompt_index", DType::I32, {int64_t(pi.size())}, as_bytes_span(pi)},
+                               TensorOut{"position", DType::I32, {int64_t(pos.size())}, as_bytes_span(pos)},
+                               TensorOut{"token_ids", DType::I32, {int64_t(tok.size())}, as_bytes_span(tok)}});
+            files["{patch}"] = (dir / "patch.safetensors").string();
+        }
+        std::vector<std::vector<int32_t>> prompts;
+        for (int i = 0; i < 2; ++i) {
+            prompts.push_back(ref.to_i32(ref.get(fmt::format("prompt.{}.ids", i))));
+            CHECK(m.tokenizer.encode(meta.at(fmt::format("prompt.{}.text", i)), true) == prompts.back());
+        }
+        // match= finds the same tokens as HF's offsets
+        auto m0 = match_mask(m.tokenizer, prompts[0], "|prod|");
+        std::vector<int32_t> got;
+        for (size_t k = 0; k < m0.size(); ++k)
+            if (m0[k]) got.push_back(int32_t(k));
+        CHECK(got == ref.to_i32(ref.get("match.0")));
+
+        // attn_out / mlp_out equal the HF module outputs
+        {
+            auto taps = tap_all(m, prompts[0]);
+            for (int l = 0; l < m.config.n_layers; ++l)
+                for (const char* s : {"attn_out", "mlp_out"}) {
+                    CAPTURE(l);
+                    CAPTURE(s);
+                    CHECK(test::rel_err(taps.at(fmt::format("blocks.{}.{}", l, s)),
+                                        ref.to_f32(ref.get(fmt::format("hooks.prompt.0.blocks.{}.{}", l, s)))) <= 1e-4);
+                }
+        }
+
+        for (const auto& cs : split(meta.at("cases"), ",")) {
+            CAPTURE(cs);
+            std::vector<std::string> specs;
+            for (auto spec : split(meta.at("case." + cs + ".steer"), " ; ")) {
+                for (const auto& [ph, path] : files)
+                    if (auto at = spec.find(ph); at != std::string::npos) spec.replace(at, ph.size(), path);
+                specs.push_back(spec);
+            }
+            Steering s = Steering::load(specs, m);
+            s.bind(m, prompts, 16);
+            Hooks h = s.hooks();
+            std::vector<int> which;
+            for (const auto& w : split(meta.at("case." + cs + ".prompts"), ",")) which.push_back(std::stoi(w));
+            GenerateOptions go;
+            go.max_new_tokens = 16;
+            go.stop_at_eos = false;
+            go.hooks = &h;
+            for (int i : which) {
+                CAPTURE(i);
+                // prompt processing: logits at every position
+                KVCache kv(m.config, int(prompts[size_t(i)].size()));
+                RunState st;
+                ForwardOptions fo;
+                fo.hooks = &h;
+                fo.all_logits = true;
+                SeqInput in{&kv, prompts[size_t(i)], int32_t(i)};
+                auto logits = forward(m, st, std::span<const SeqInput>(&in, 1), fo);
+                auto want = ref.to_f32(ref.get(fmt::format("case.{}.prompt.{}.logits", cs, i)));
+                REQUIRE(logits.size() == want.size());
+                CHECK(test::rel_err(logits, want) <= 1e-4);
+                // every decode step steered: 16 greedy tokens, alone
+                go.first_id = i;
+                auto g = generate(m, {prompts[size_t(i)]}, go);
+                CHECK(g[0].new_ids == ref.to_i32(ref.get(fmt::format("case.{}.prompt.{}.greedy", cs, i))));
+            }
+            if (which.size() == 2) {  // and both prompts as one batch
+                go.first_id = 0;
+                auto g = generate(m, prompts, go);
+                for (int i : which) CHECK(g[size_t(i)].new_ids == ref.to_i32(ref.get(fmt::format("case.{}.prompt.{}.greedy", cs, i))));
+            }
+        }
+    }
+}
