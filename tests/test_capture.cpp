@@ -226,3 +226,44 @@ TEST_CASE("streaming writer: rows announced or not, the file reads back the same
     }
     CHECK(std::distance(std::filesystem::directory_iterator(dir.path), {}) == 0);  // abandoned: nothing left
 }
+
+TEST_CASE("capture: every family's captured sites equal HF hidden_states (resid_pre of every layer, the last block's output, final_norm)") {
+    for (const char* fam : {"llama_tied", "llama_untied", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text"}) {
+        CAPTURE(fam);
+        test::TempDir dir;
+        const auto folder = test::fixture(std::string("models/") + fam);
+        SafetensorsFile ref(folder / "reference.safetensors");
+        const int n = std::stoi(ref.metadata().at("n_prompts"));
+        std::string jsonl;
+        for (int i = 0; i < n; ++i)
+            jsonl += nlohmann::json({{"prompt", ref.metadata().at(fmt::format("prompt.{}.text", i))}}).dump() + "\n";
+        test::write_bytes(dir / "p.jsonl", jsonl);
+        nlohmann::json cfg = nlohmann::json::parse(test::read_bytes(folder / "config.json"));
+        if (cfg.contains("text_config")) cfg = cfg["text_config"];
+        const int layers = cfg["num_hidden_layers"], d = cfg["hidden_size"];
+        const auto out = (dir / "cap.safetensors").string();
+        auto r = test::run_stitch("capture " + quote(folder.string()) + " --prompts " + quote((dir / "p.jsonl").string()) +
+                                  " --sites " + quote(fmt::format("blocks.*.resid_pre,blocks.{}.resid_post,final_norm", layers - 1)) +
+                                  " -o " + quote(out));
+        REQUIRE_MESSAGE(r.status == 0, r.err);
+        SafetensorsFile cap(out);
+        CHECK(cap.metadata().at("model_identity").rfind("fnv1a64:", 0) == 0);
+        size_t row0 = 0;
+        for (int i = 0; i < n; ++i) {
+            auto hs = ref.to_f32(ref.get(fmt::format("prompt.{}.hidden_states", i)));  // [layers+1, T, d]
+            const size_t T = hs.size() / size_t((layers + 1) * d);
+            auto rows = [&](const std::string& site) {
+                auto all = cap.to_f32(cap.get(site));
+                return std::vector<float>(all.begin() + int64_t(row0 * size_t(d)), all.begin() + int64_t((row0 + T) * size_t(d)));
+            };
+            auto hrow = [&](int L) {
+                return std::vector<float>(hs.begin() + int64_t(size_t(L) * T * size_t(d)), hs.begin() + int64_t(size_t(L + 1) * T * size_t(d)));
+            };
+            for (int L = 0; L < layers; ++L) CHECK(test::rel_err(rows(fmt::format("blocks.{}.resid_pre", L)), hrow(L)) <= 1e-4);
+            CHECK(test::rel_err(rows("final_norm"), hrow(layers)) <= 1e-4);  // HF's last entry is after the final norm
+            auto last = ref.to_f32(ref.get(fmt::format("prompt.{}.resid_post_last", i)));
+            CHECK(test::rel_err(rows(fmt::format("blocks.{}.resid_post", layers - 1)), last) <= 1e-4);
+            row0 += T;
+        }
+    }
+}
