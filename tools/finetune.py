@@ -102,6 +102,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--save-dtype", default="f16", choices=["f32", "f16", "bf16"],
+                    help="dtype of the saved adapter tensors (f16 halves the file; stitch reads any)")
     args = ap.parse_args()
 
     from peft import LoraConfig, get_peft_model
@@ -149,10 +151,15 @@ def main() -> int:
     tmp = args.out.with_name(args.out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp))
+    if args.save_dtype != "f32":
+        from safetensors.torch import load_file, save_file
+        f = tmp / "adapter_model.safetensors"
+        dt = torch.float16 if args.save_dtype == "f16" else torch.bfloat16
+        save_file({k: v.to(dt).contiguous() for k, v in load_file(str(f)).items()}, str(f), metadata={"format": "pt"})
     (tmp / "training.json").write_text(json.dumps({
         "base_model": args.model.name, "data": str(args.data), "examples": len(data), "steps": total,
         "batch": args.batch, "lr": args.lr, "rank": args.rank, "alpha": args.alpha, "targets": args.targets,
-        "max_len": args.max_len, "seed": args.seed, "device": device, "seconds": round(time.time() - t0, 1),
+        "max_len": args.max_len, "seed": args.seed, "save_dtype": args.save_dtype, "device": device, "seconds": round(time.time() - t0, 1),
         "first_loss": losses[0], "last_loss": losses[-1],
         "last10_mean_loss": sum(losses[-10:]) / len(losses[-10:])}, indent=2) + "\n")
     shutil.rmtree(args.out, ignore_errors=True)
