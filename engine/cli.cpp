@@ -22,6 +22,7 @@
 #include "engine/prompts.h"
 #include "engine/version.h"
 #include "kernels/cpu/blas.h"
+#include "mapping/cli_map.h"
 
 namespace stitch {
 namespace {
@@ -67,6 +68,7 @@ const char* kUsage =
     "  generate MODEL ...       generate text (greedy or sampled), batched\n"
     "  capture MODEL ...        residual-stream sites of many prompts to one safetensors file\n"
     "  bench MODEL ...          prefill and decode tokens/s, peak memory\n"
+    "  map train|eval|apply ... learn, score and apply maps between two models' activations\n"
     "  help [SUBCOMMAND]        this text, or one subcommand's usage\n"
     "\n"
     "MODEL is an HF model folder: config.json, model.safetensors (or sharded with\n"
@@ -115,6 +117,7 @@ const std::map<std::string, std::string> kHelp = {
      "  Output: one tensor per site named by the site, [selected_tokens, d], rows in prompt order, plus\n"
      "  token_ids, prompt_index, position (I32) and __metadata__ (model, sites, selector, version).\n"
      "  Rows stream to disk (bounded memory); the file appears under OUT only when complete.\n"},
+    {"map", kMapHelp},
     {"help", "usage: stitch help [SUBCOMMAND]\n"},
 };
 
@@ -441,6 +444,7 @@ int run_cli(int argc, char** argv) {
         if (cmd == "generate") return cmd_generate(argc, argv);
         if (cmd == "capture") return cmd_capture(argc, argv);
         if (cmd == "bench") return cmd_bench(argc, argv);
+        if (cmd == "map") return cmd_map(argc, argv);
         fail(cmd, "unknown subcommand (see `stitch help`)");
     } catch (const Error& e) {
         std::cout.flush();
