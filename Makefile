@@ -49,6 +49,10 @@ $(BUILD)/%.o: %.cpp
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS) -c $< -o $@
 
+# The map trainer's fused AdamW takes a square root per parameter: without errno to set, GCC
+# vectorises it (its argument is never negative).
+$(BUILD)/mapping/%.o: CXXFLAGS += -fno-math-errno
+
 $(BUILD)/%.cu.o: %.cu $(wildcard kernels/cuda/*.h)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -c $< -o $@
