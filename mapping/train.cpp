@@ -326,17 +326,22 @@ void collect_site(const Model& m, SiteRef site, const std::vector<std::span<cons
     for (size_t i = 0; i < prompts.size(); ++i) in.push_back({&caches[i], prompts[i]});
     Hooks hooks;
     hooks.site_mask = 1u << int(site.site);
+    size_t wanted_rows = 0, copied = 0;
+    for (const auto& w : wanted) wanted_rows += w.size();
     hooks.on_site = [&](const SiteView& v) {
         if (v.site != site.site || v.layer != site.layer) return;
         for (int r = 0; r < v.rows; ++r) {
             const int64_t k = slot[size_t(v.seq[r])][size_t(v.pos[r])];
-            if (k >= 0) std::memcpy(out + k * d, v.data + int64_t(r) * v.cols, size_t(d) * sizeof(float));
+            if (k < 0) continue;
+            std::memcpy(out + k * d, v.data + int64_t(r) * v.cols, size_t(d) * sizeof(float));
+            ++copied;
         }
     };
     ForwardOptions fo;
     fo.hooks = &hooks;
     fo.all_logits = site.site == Site::Logits;
     forward(m, st, in, fo);
+    if (copied != wanted_rows) fail(m.path, "internal: site {} gave {} of {} wanted rows", site.name(), copied, wanted_rows);
 }
 
 }  // namespace
