@@ -189,7 +189,7 @@ TEST_CASE("map: the first 50 AdamW steps match PyTorch for both kinds") {
         double worst = 0;
         for (size_t i = 0; i < want.size(); ++i) worst = std::max(worst, std::fabs(got[i] - want[i]) / std::fabs(want[i]));
         MESSAGE(k, ": worst relative step-loss difference from PyTorch over ", steps, " steps: ", worst);
-        CHECK(worst <= 1e-4);
+        CHECK(worst <= 1e-5);  // the issue asks for 1e-4; float rounding alone gives ~2e-7
         CHECK(want.back() < 0.8 * want.front());  // the steps really moved the weights
         Mapper trained = m;
         be->copy_to(trained);
