@@ -174,6 +174,9 @@ int cmd_map_train(int argc, char** argv) {
         meta["target_model"] = ft->model();
         meta["source_model_type"] = fs->model_type();
         meta["target_model_type"] = ft->model_type();
+        for (auto [side, f] : {std::pair{"source", fs.get()}, std::pair{"target", ft.get()}})
+            if (auto it = f->file().metadata().find("model_identity"); it != f->file().metadata().end())
+                meta[std::string(side) + "_model_identity"] = it->second;  // content fingerprint (Model::identity)
         meta["source_file"] = fs->path();
         meta["target_file"] = ft->path();
         meta["pairing"] = fs->has_keys() && ft->has_keys() ? "prompt_index,position" : "row order";
@@ -206,6 +209,8 @@ int cmd_map_train(int argc, char** argv) {
         meta["target_model"] = model_identity(mt->path);
         meta["source_model_type"] = ms->config.model_type;
         meta["target_model_type"] = mt->config.model_type;
+        meta["source_model_identity"] = ms->identity;
+        meta["target_model_identity"] = mt->identity;
         meta["source_model_path"] = ms->path;
         meta["target_model_path"] = mt->path;
         if (!ms->adapter.empty()) meta["source_adapter"] = ms->adapter;
