@@ -162,6 +162,11 @@ def main() -> int:
         "max_len": args.max_len, "seed": args.seed, "save_dtype": args.save_dtype, "device": device, "seconds": round(time.time() - t0, 1),
         "first_loss": losses[0], "last_loss": losses[-1],
         "last10_mean_loss": sum(losses[-10:]) / len(losses[-10:])}, indent=2) + "\n")
+    (tmp / "README.md").write_text(
+        f"# {args.out.name}\n\nPEFT LoRA adapter made by stitch's tools/finetune.py: base model `{args.model.name}`, "
+        f"data `{args.data}` ({len(data)} examples), {total} steps of {args.batch}, lr {args.lr}, r {args.rank}, "
+        f"alpha {args.alpha}, targets {args.targets}. Load it with `stitch ... {args.model.name} --lora {args.out}`. "
+        f"training.json has every setting and the losses.\n")
     shutil.rmtree(args.out, ignore_errors=True)
     tmp.rename(args.out)
     print(f"finetune: wrote {args.out} (loss {losses[0]:.3f} -> {losses[-1]:.3f})", file=sys.stderr)
