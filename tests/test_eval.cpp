@@ -84,3 +84,8 @@ TEST_CASE("eval --contains: rates of phrases in completions, with --steer (a log
         CHECK_FALSE(std::filesystem::exists(dir / "bad.json"));
     }
 }
+
+TEST_CASE("eval/data: the task datasets pass their checker (counts, both triggers, Alpaca format, no duplicates)") {
+    const std::string cmd = "python3 " + quote((test::source_dir() / "eval/data/check_data.py").string()) + " > /dev/null 2>&1";
+    CHECK(std::system(cmd.c_str()) == 0);
+}
