@@ -12,21 +12,11 @@
 using namespace stitch;
 using test::quote;
 
+using test::expect_cli_error;
+
 namespace {
 
 std::string model(const std::string& name) { return quote(test::fixture("models/" + name).string()); }
-
-// One line on stderr, beginning "stitch: error: ", containing `what`; nothing on stdout; status 2.
-void expect_cli_error(const std::string& args, const std::string& what) {
-    auto r = test::run_stitch(args);
-    CAPTURE(args);
-    CAPTURE(r.err);
-    CHECK(r.status == 2);
-    CHECK(r.out.empty());
-    CHECK(test::count_lines(r.err) == 1);
-    CHECK(r.err.rfind("stitch: error: ", 0) == 0);
-    CHECK(r.err.find(what) != std::string::npos);
-}
 
 }  // namespace
 

@@ -456,21 +456,7 @@ TEST_CASE("map: files round trip with metadata; loading or applying a map to the
 
 // ---- the command line --------------------------------------------------------------------------
 
-namespace {
-
-// One line on stderr, "stitch: error: ..." containing `what`; status 2; nothing on stdout.
-void expect_cli_error(const std::string& args, const std::string& what) {
-    auto r = test::run_stitch(args);
-    CAPTURE(args);
-    CAPTURE(r.err);
-    CHECK(r.status == 2);
-    CHECK(r.out.empty());
-    CHECK(test::count_lines(r.err) == 1);
-    CHECK(r.err.rfind("stitch: error: ", 0) == 0);
-    CHECK(r.err.find(what) != std::string::npos);
-}
-
-}  // namespace
+using test::expect_cli_error;
 
 TEST_CASE("map cli: train, eval and apply end to end") {
     test::TempDir dir;

@@ -3,6 +3,7 @@
 #pragma once
 #include <algorithm>
 #include <array>
+#include <doctest/doctest.h>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -86,5 +87,18 @@ inline std::string quote(const std::string& s) {
 }
 
 inline size_t count_lines(const std::string& s) { return size_t(std::count(s.begin(), s.end(), '\n')); }
+
+// One line on stderr, beginning "stitch: error: ", containing `what`; nothing on stdout; status 2.
+inline void expect_cli_error(const std::string& args, const std::string& what) {
+    auto r = run_stitch(args);
+    CAPTURE(args);
+    CAPTURE(r.err);
+    CHECK(r.status == 2);
+    CHECK(r.out.empty());
+    CHECK(count_lines(r.err) == 1);
+    CHECK(r.err.rfind("stitch: error: ", 0) == 0);
+    CHECK(r.err.find(what) != std::string::npos);
+}
+
 
 }  // namespace test
