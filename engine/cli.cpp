@@ -1,6 +1,5 @@
 // The `stitch` command line: one binary, subcommands, one-line errors with exit status 2.
 #include <omp.h>
-#include <sys/resource.h>
 
 #include <algorithm>
 #include <chrono>
@@ -12,6 +11,7 @@
 
 #include "engine/capture.h"
 #include "engine/cli_args.h"
+#include "engine/cli_util.h"
 #include "engine/error.h"
 #include "engine/evaluate.h"
 #include "engine/forward.h"
@@ -35,32 +35,6 @@ using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
-
-double peak_rss_mb() {
-    struct rusage ru{};
-    getrusage(RUSAGE_SELF, &ru);
-    return double(ru.ru_maxrss) / 1024.0;
-}
-
-void set_threads(const Args& a) {
-    if (a.get("--threads")) omp_set_num_threads(a.get_int("--threads", 1, 1, 4096));
-}
-
-// Writes text to PATH through a temporary name, so a failed run leaves nothing behind.
-void write_file_atomic(const std::string& path, const std::string& text) {
-    std::string tmp = path + ".tmp";
-    {
-        std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-        if (!out) fail(path, "cannot open for writing");
-        out << text;
-        out.flush();
-        if (!out) {
-            std::filesystem::remove(tmp);
-            fail(path, "write failed");
-        }
-    }
-    std::filesystem::rename(tmp, path);
-}
 
 const char* kUsage =
     "stitch " STITCH_VERSION " — activation-space interventions on Llama, Qwen and Gemma models\n"

@@ -2,7 +2,6 @@
 
 #include <fmt/format.h>
 #include <omp.h>
-#include <sys/resource.h>
 
 #include <cstdio>
 #include <fstream>
@@ -11,6 +10,7 @@
 
 #include "engine/capture.h"
 #include "engine/cli_args.h"
+#include "engine/cli_util.h"
 #include "engine/error.h"
 #include "engine/generate.h"
 #include "engine/lora.h"
@@ -74,27 +74,6 @@ namespace {
 
 using json = nlohmann::json;
 
-double peak_rss_mb() {
-    struct rusage ru{};
-    getrusage(RUSAGE_SELF, &ru);
-    return double(ru.ru_maxrss) / 1024.0;
-}
-
-void write_text_atomic(const std::string& path, const std::string& text) {
-    const std::string tmp = path + ".tmp";
-    {
-        std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-        if (!out) fail(path, "cannot open for writing");
-        out << text;
-        out.flush();
-        if (!out) {
-            std::filesystem::remove(tmp);
-            fail(path, "write failed");
-        }
-    }
-    std::filesystem::rename(tmp, path);
-}
-
 template <typename T>
 std::string num(T v) { return fmt::format("{}", v); }  // shortest round-trip text of a float or double
 
@@ -135,7 +114,7 @@ int cmd_map_train(int argc, char** argv) {
         fail("map train", "streaming from models needs --source-model, --target-model and --prompts");
     if (from_models && !(a.has("--source-site") && a.has("--target-site")))
         fail("map train", "streaming from models needs --source-site and --target-site");
-    if (a.get("--threads")) omp_set_num_threads(a.get_int("--threads", 1, 1, 4096));
+    set_threads(a);
 
     const MapKind kind = parse_map_kind(a.get_or("--kind", "autoencoder"));
     const std::string solver = a.get_or("--solver", "adamw");
@@ -290,7 +269,7 @@ int cmd_map_train(int argc, char** argv) {
             epochs.push_back({{"epoch", e.epoch}, {"seconds", e.seconds}, {"rows_per_s", e.rows_per_s},
                               {"train", metrics_json(e.train)}, {"val", metrics_json(e.val)}});
         j["epochs"] = epochs;
-        write_text_atomic(*jp, j.dump(2) + "\n");
+        write_file_atomic(*jp, j.dump(2) + "\n");
     }
     return 0;
 }
@@ -308,7 +287,7 @@ int cmd_map_eval(int argc, char** argv) {
                          {"--ignore-model"});
     if (a.positional.size() != 1) fail("map eval", "expects one MAP argument");
     if (!a.has("--source") || !a.has("--target")) fail("map eval", "needs --source and --target capture files");
-    if (a.get("--threads")) omp_set_num_threads(a.get_int("--threads", 1, 1, 4096));
+    set_threads(a);
     const std::string map_path = a.positional[0];
     Mapper m = load_map(map_path);
     ActivationFile fs(*a.get("--source"), a.get_or("--source-site", ""), "--source-site", meta_or(m, "source_site"));
@@ -326,7 +305,7 @@ int cmd_map_eval(int argc, char** argv) {
         j["target"] = ft.path();
         j["source_site"] = fs.site();
         j["target_site"] = ft.site();
-        write_text_atomic(*jp, j.dump(2) + "\n");
+        write_file_atomic(*jp, j.dump(2) + "\n");
     }
     return 0;
 }
@@ -338,7 +317,7 @@ int cmd_map_apply(int argc, char** argv) {
     if (!a.has("--source")) fail("map apply", "needs --source SRC.safetensors");
     const std::string out = a.get_or("-o", a.get_or("--output", ""));
     if (out.empty()) fail("map apply", "needs -o OUT.safetensors");
-    if (a.get("--threads")) omp_set_num_threads(a.get_int("--threads", 1, 1, 4096));
+    set_threads(a);
     const std::string dt_name = a.get_or("--dtype", "f32");
     DType dtype = DType::F32;
     if (dt_name == "f16") dtype = DType::F16;
