@@ -45,6 +45,9 @@ int direction_layer(const std::string& name) {
 
 bool is_float(DType t) { return t == DType::F32 || t == DType::F16 || t == DType::BF16; }
 
+// Key of a patch row: (prompt index, absolute position).
+uint64_t patch_key(int64_t prompt, int64_t pos) { return (uint64_t(uint32_t(prompt)) << 32) | uint32_t(pos); }
+
 }  // namespace
 
 SteerVectors read_steer_vectors(const std::string& file, const SiteRef& site, int width, int n_layers) {
@@ -183,7 +186,7 @@ Steering Steering::load(const std::vector<std::string>& specs, const Model& m) {
             std::unordered_map<uint64_t, int64_t> rows;
             for (size_t r = 0; r < pi.size(); ++r) {
                 if (pi[r] < 0 || pos[r] < 0) fail(p.file, "row {} has a negative prompt_index or position", r);
-                rows[(uint64_t(uint32_t(pi[r])) << 32) | uint32_t(pos[r])] = int64_t(r);
+                rows[patch_key(pi[r], pos[r])] = int64_t(r);
             }
             for (const SiteRef& site : sites) {
                 const TensorInfo* t = patch->find(site.name());
@@ -266,7 +269,7 @@ void Steering::bind(const Model& m, const std::vector<std::vector<int32_t>>& pro
             const int from = it.site.site == Site::Logits ? len - 1 : 0;
             for (int pos = from; pos < total && !any; ++pos) {
                 if (!it.sel.selects(pos, len, mask)) continue;
-                any = !it.is_patch() || it.patch_rows.count((uint64_t(uint32_t(i)) << 32) | uint32_t(pos));
+                any = !it.is_patch() || it.patch_rows.count(patch_key(int64_t(i), pos));
             }
         }
         if (!any) {
@@ -296,7 +299,7 @@ void Steering::apply(const SiteView& v) const {
             float* x = v.data + int64_t(r) * v.cols;
             const float* vec = it.vec.data();
             if (it.is_patch()) {
-                auto found = it.patch_rows.find((uint64_t(uint32_t(seq)) << 32) | uint32_t(pos));
+                auto found = it.patch_rows.find(patch_key(seq, pos));
                 if (found == it.patch_rows.end()) continue;
                 const auto* t = static_cast<const TensorInfo*>(it.patch_tensor);
                 const size_t es = dtype_size(t->dtype);
