@@ -173,24 +173,24 @@ VectorResult compute_vectors(const Model& m, const std::vector<std::vector<int32
         fail("--negative", "has {} prompts but --positive has {}; {} pairs them line by line", negative.size(), positive.size(),
              vector_method_name(opt.method));
 
-    // Per-prompt masks for match= and diff selectors.
-    std::vector<std::vector<char>> pmask, nmask;
+    // Per-prompt masks for the diff and match= selectors (empty for the others).
+    std::vector<std::vector<char>> pdiff, ndiff;
     if (opt.positive_positions.kind == PositionSelector::Diff || opt.negative_positions.kind == PositionSelector::Diff) {
         if (!paired) fail("--positions", "'diff' needs paired prompts (--method paired or pca)");
-        pmask.resize(positive.size());
-        nmask.resize(negative.size());
-        for (size_t i = 0; i < positive.size(); ++i) diff_masks(positive[i], negative[i], pmask[i], nmask[i], i);
+        pdiff.resize(positive.size());
+        ndiff.resize(negative.size());
+        for (size_t i = 0; i < positive.size(); ++i) diff_masks(positive[i], negative[i], pdiff[i], ndiff[i], i);
     }
-    if (opt.positive_positions.kind == PositionSelector::Match) {
-        pmask.clear();
-        for (const auto& p : positive) pmask.push_back(match_mask(m.tokenizer, p, opt.positive_positions.match_text));
-    }
-    if (opt.negative_positions.kind == PositionSelector::Match) {
-        nmask.clear();
-        for (const auto& p : negative) nmask.push_back(match_mask(m.tokenizer, p, opt.negative_positions.match_text));
-    }
-    if (opt.positive_positions.kind != PositionSelector::Diff && opt.positive_positions.kind != PositionSelector::Match) pmask.clear();
-    if (opt.negative_positions.kind != PositionSelector::Diff && opt.negative_positions.kind != PositionSelector::Match) nmask.clear();
+    auto masks_for = [&](const PositionSelector& sel, const std::vector<std::vector<int32_t>>& prompts,
+                         std::vector<std::vector<char>>& diff) {
+        std::vector<std::vector<char>> masks;
+        if (sel.kind == PositionSelector::Diff) masks = std::move(diff);
+        if (sel.kind == PositionSelector::Match)
+            for (const auto& p : prompts) masks.push_back(match_mask(m.tokenizer, p, sel.match_text));
+        return masks;
+    };
+    const auto pmask = masks_for(opt.positive_positions, positive, pdiff);
+    const auto nmask = masks_for(opt.negative_positions, negative, ndiff);
 
     VectorResult res;
     const long total = long(positive.size() + negative.size());
