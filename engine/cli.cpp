@@ -26,6 +26,7 @@
 #include "engine/vector.h"
 #include "engine/version.h"
 #include "kernels/cpu/blas.h"
+#include "eval/transfer.h"
 #include "mapping/cli_map.h"
 
 namespace stitch {
@@ -49,6 +50,8 @@ const char* kUsage =
     "  vector MODEL ...         steering vectors (paired, mean, pca) to safetensors or a llama.cpp control vector\n"
     "  bench MODEL ...          prefill and decode tokens/s, peak memory\n"
     "  map train|eval|apply ... learn, score and apply maps between two models' activations\n"
+    "  transfer CONFIG          the paper's experiments end to end (sweep, maps, fidelity, steering transfer,\n"
+    "                           refusal, corrupted capabilities, safety switch) → report.md + plots\n"
     "  help [SUBCOMMAND]        this text, or one subcommand's usage\n"
     "\n"
     "MODEL is an HF model folder: config.json, model.safetensors (or sharded with\n"
@@ -118,6 +121,7 @@ const std::map<std::string, std::string> kHelp = {
      "  OUT.safetensors holds 'direction' ([d] or [n_layers, d]); OUT.gguf is a llama.cpp control vector\n"
      "  (resid_post only: direction.N acts on blocks.N.resid_post; layer 0 has no slot).\n"},
     {"map", kMapHelp},
+    {"transfer", kTransferHelp},
     {"eval",
      "usage: stitch eval MODEL [--prompts FILE.jsonl --contains TEXT ...] [--text FILE.jsonl [--field text]]\n"
      "                   [-n 48] [--max-len 512] [--chat[=FORMAT]] [--batch B] [--lora DIR] [--steer SPEC ...]\n"
@@ -132,14 +136,7 @@ const std::map<std::string, std::string> kHelp = {
 // Every command that loads a model takes --lora DIR (a PEFT adapter merged at load).
 Model load_for_command(const Args& a, const std::string& path, double* seconds = nullptr) {
     auto t0 = Clock::now();
-    if (auto dir = a.get("--lora"); dir && !std::filesystem::is_directory(*dir))
-        fail(*dir, "no such adapter folder");
-    Model m = load_model(path);
-    if (auto dir = a.get("--lora")) {
-        m.adapter = apply_lora(m, *dir);
-        m.identity = combine_fingerprints({m.identity, file_fingerprint(std::filesystem::path(*dir) / "adapter_config.json"),
-                                           file_fingerprint(std::filesystem::path(*dir) / "adapter_model.safetensors")});
-    }
+    Model m = load_model_with_adapter(path, a.get_or("--lora", ""));
     if (seconds) *seconds = seconds_since(t0);
     return m;
 }
@@ -690,6 +687,7 @@ int run_cli(int argc, char** argv) {
         if (cmd == "vector") return cmd_vector(argc, argv);
         if (cmd == "eval") return cmd_eval(argc, argv);
         if (cmd == "map") return cmd_map(argc, argv);
+        if (cmd == "transfer") return cmd_transfer(argc, argv);
         fail(cmd, "unknown subcommand (see `stitch help`)");
     } catch (const Error& e) {
         std::cout.flush();

@@ -143,4 +143,15 @@ std::string apply_lora(Model& m, const std::filesystem::path& dir) {
                        rslora ? " (rsLoRA)" : "", list, pairs.size());
 }
 
+Model load_model_with_adapter(const std::filesystem::path& path, const std::filesystem::path& adapter) {
+    if (!adapter.empty() && !std::filesystem::is_directory(adapter)) fail(adapter.string(), "no such adapter folder");
+    Model m = load_model(path);
+    if (!adapter.empty()) {
+        m.adapter = apply_lora(m, adapter);
+        m.identity = combine_fingerprints({m.identity, file_fingerprint(adapter / "adapter_config.json"),
+                                           file_fingerprint(adapter / "adapter_model.safetensors")});
+    }
+    return m;
+}
+
 }  // namespace stitch

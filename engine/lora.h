@@ -17,4 +17,8 @@ namespace stitch {
 // Returns a one-line description ("LoRA r=8 alpha=16 on q_proj,v_proj: 48 matrices").
 std::string apply_lora(Model& m, const std::filesystem::path& dir);
 
+// load_model(path), then (when `adapter` is not empty) the adapter in that folder merged in, with
+// Model::identity covering both. Throws stitch::Error naming a missing adapter folder.
+Model load_model_with_adapter(const std::filesystem::path& path, const std::filesystem::path& adapter);
+
 }  // namespace stitch

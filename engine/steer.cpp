@@ -221,25 +221,39 @@ Steering Steering::load(const std::vector<std::string>& specs, const Model& m) {
             } else {
                 v = vecs.per_layer[size_t(site.layer)];
             }
-            if (op == SteerOp::Ablate) {
-                double nn = 0;
-                for (float x : v) nn += double(x) * x;
-                if (nn == 0) fail(p.file, "ablating a zero vector removes nothing ('{}')", spec);
-                const float inv = float(1.0 / std::sqrt(nn));
-                for (float& x : v) x *= inv;
-            }
-            SteerItem it;
-            it.spec = spec;
-            it.site = site;
-            it.op = op;
-            it.alpha = alpha;
-            it.sel = sel;
-            it.vec = std::move(v);
-            s.items_.push_back(std::move(it));
+            s.add_vector(m, site, op, std::move(v), alpha, sel, p.file);
+            s.items_.back().spec = spec;
         }
     }
     for (const auto& it : s.items_) s.mask_ |= 1u << int(it.site.site);
     return s;
+}
+
+Steering& Steering::add_vector(const Model& m, const SiteRef& site, SteerOp op, std::vector<float> vec, float alpha,
+                               const PositionSelector& sel, const std::string& label) {
+    const int width = site.site == Site::Logits ? m.config.vocab_size : m.config.hidden;
+    const std::string spec = fmt::format("{}:{}:{}:{}@{}", site.name(), steer_op_name(op), label, alpha, sel.text);
+    if (int(vec.size()) != width) fail(label, "has {} values; {} needs {}", vec.size(), site.name(), width);
+    if (!std::isfinite(alpha)) fail(label, "alpha {} is not finite", alpha);
+    if (sel.kind == PositionSelector::Diff) fail(label, "'diff' positions exist only in `stitch vector`");
+    check_finite(label, "vector", vec);
+    if (op == SteerOp::Ablate) {
+        double nn = 0;
+        for (float x : vec) nn += double(x) * x;
+        if (nn == 0) fail(label, "ablating a zero vector removes nothing ('{}')", spec);
+        const float inv = float(1.0 / std::sqrt(nn));
+        for (float& x : vec) x *= inv;
+    }
+    SteerItem it;
+    it.spec = spec;
+    it.site = site;
+    it.op = op;
+    it.alpha = alpha;
+    it.sel = sel;
+    it.vec = std::move(vec);
+    items_.push_back(std::move(it));
+    mask_ |= 1u << int(site.site);
+    return *this;
 }
 
 void Steering::bind(const Model& m, const std::vector<std::vector<int32_t>>& prompts, int max_new, bool check) {

@@ -58,6 +58,12 @@ public:
     // Parses and loads every --steer spec for model m. Throws stitch::Error naming the spec or file.
     static Steering load(const std::vector<std::string>& specs, const Model& m);
 
+    // Appends one intervention with an in-memory vector (a program's own, e.g. a mapped one).
+    // `label` stands for the file in describe(). Throws when the width is not the site's, a value
+    // is not finite, or an ablate vector is zero.
+    Steering& add_vector(const Model& m, const SiteRef& site, SteerOp op, std::vector<float> vec, float alpha,
+                         const PositionSelector& sel, const std::string& label);
+
     bool empty() const { return items_.empty(); }
     uint32_t site_mask() const { return mask_; }
     const std::vector<SteerItem>& items() const { return items_; }
