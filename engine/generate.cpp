@@ -73,6 +73,30 @@ std::vector<Generation> generate(const Model& m, const std::vector<std::vector<i
     RunState st;
     ForwardOptions fo;
     fo.hooks = opt.hooks;
+    // The shared prefix: run once (as prompt 0), then copied into every other prompt's cache.
+    size_t shared = 0;
+    if (opt.share_prefix && prompts.size() > 1) {
+        shared = prompts[0].size() - 1;  // every prompt keeps at least one token of its own
+        for (const auto& p : prompts) {
+            size_t k = 0;
+            while (k < shared && k + 1 < p.size() && p[k] == prompts[0][k]) ++k;
+            shared = std::min(shared, k);
+        }
+        if (opt.hooks) shared = std::min(shared, size_t(std::max(0, opt.hooks_free_prefix)));
+        if (shared < 4) shared = 0;
+    }
+    if (shared > 0) {
+        SeqInput pre{&caches[0], std::span<const int32_t>(prompts[0].data(), shared), int32_t(opt.first_id)};
+        forward(m, st, std::span<const SeqInput>(&pre, 1), fo);
+        const size_t kvd = size_t(c.kv_dim());
+        for (size_t i = 1; i < prompts.size(); ++i) {
+            for (int L = 0; L < c.n_layers; ++L) {
+                std::copy_n(caches[0].k_layer(L, int(kvd)), shared * kvd, caches[i].k_layer(L, int(kvd)));
+                std::copy_n(caches[0].v_layer(L, int(kvd)), shared * kvd, caches[i].v_layer(L, int(kvd)));
+            }
+            caches[i].length = int(shared);
+        }
+    }
     std::vector<size_t> active(prompts.size());
     std::iota(active.begin(), active.end(), 0);
     std::vector<int32_t> next(prompts.size());
@@ -81,7 +105,7 @@ std::vector<Generation> generate(const Model& m, const std::vector<std::vector<i
     for (int step = 0; step < opt.max_new_tokens && !active.empty(); ++step) {
         std::vector<SeqInput> in;
         for (size_t i : active) {
-            std::span<const int32_t> toks = step == 0 ? std::span<const int32_t>(prompts[i])
+            std::span<const int32_t> toks = step == 0 ? std::span<const int32_t>(prompts[i]).subspan(shared)
                                                       : std::span<const int32_t>(&next[i], 1);
             in.push_back(SeqInput{&caches[i], toks, int32_t(opt.first_id + int(i))});
         }

@@ -32,6 +32,12 @@ struct GenerateOptions {
     std::vector<int32_t> eos_ids;  // empty: the model's
     const Hooks* hooks = nullptr;  // SiteView::seq is first_id + the prompt's index in this call
     int first_id = 0;
+    // Prompts that begin with the same tokens run those once, and the other prompts copy the KV
+    // cache (a position's keys and values depend only on the tokens up to it). With hooks, at most
+    // the first `hooks_free_prefix` positions are shared: the caller promises its hooks neither
+    // change nor need to see those positions in any prompt (0: nothing is shared when there are hooks).
+    bool share_prefix = true;
+    int hooks_free_prefix = 0;
     // Called after each decode step with (tokens generated so far across the batch, elapsed s).
     std::function<void(int, double)> on_progress;
 };

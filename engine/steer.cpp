@@ -260,6 +260,8 @@ void Steering::bind(const Model& m, const std::vector<std::vector<int32_t>>& pro
     prompt_len_.resize(prompts.size());
     for (size_t i = 0; i < prompts.size(); ++i) prompt_len_[i] = int32_t(prompts[i].size());
     masks_.assign(items_.size(), {});
+    untouched_ = INT32_MAX;
+    for (int32_t len : prompt_len_) untouched_ = std::min(untouched_, int(len));
     std::unordered_map<std::string, std::vector<std::vector<char>>> by_text;
     for (size_t k = 0; k < items_.size(); ++k) {
         const SteerItem& it = items_[k];
@@ -285,6 +287,14 @@ void Steering::bind(const Model& m, const std::vector<std::vector<int32_t>>& pro
                 if (!it.sel.selects(pos, len, mask)) continue;
                 any = !it.is_patch() || it.patch_rows.count(patch_key(int64_t(i), pos));
             }
+        }
+        for (size_t i = 0; i < prompts.size() && untouched_ > 0; ++i) {
+            const std::vector<char>* mask = masks_[k].empty() ? nullptr : &masks_[k][i];
+            for (int pos = 0; pos < untouched_; ++pos)
+                if (it.sel.selects(pos, prompt_len_[i], mask)) {
+                    untouched_ = pos;
+                    break;
+                }
         }
         if (!any) {
             if (it.is_patch())

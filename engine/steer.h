@@ -73,6 +73,10 @@ public:
     // check = false skips the "selects nothing" check (a caller checking a union of prompt sets).
     void bind(const Model& m, const std::vector<std::vector<int32_t>>& prompts, int max_new, bool check = true);
 
+    // After bind: how many leading positions no item selects in any of the bound prompts (for
+    // GenerateOptions::hooks_free_prefix).
+    int untouched_prefix() const { return untouched_; }
+
     // Applies every item at v's site (in order) to the selected rows.
     void apply(const SiteView& v) const;
 
@@ -86,6 +90,7 @@ private:
     std::vector<SteerItem> items_;
     uint32_t mask_ = 0;
     std::vector<int32_t> prompt_len_;
+    int untouched_ = 0;
     // per item with a Match selector: per prompt, its mask
     std::vector<std::vector<std::vector<char>>> masks_;
 };

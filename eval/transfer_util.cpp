@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <numeric>
 #include <random>
@@ -54,6 +55,9 @@ Completions complete(const Model& m, const IdLists& prompts, int max_new, Steeri
     GenerateOptions go;
     go.max_new_tokens = max_new;
     if (h.site_mask) go.hooks = &h;
+    // The steering's untouched leading positions (the Alpaca preamble before a trigger) run once per
+    // batch; the first-token hook only reads each prompt's last position; other hooks see everything.
+    go.hooks_free_prefix = extra ? 0 : steer ? steer->untouched_prefix() : INT32_MAX;
     Progress prog(label, long(n), "prompts");
     long produced = 0;
     for (size_t b0 = 0; b0 < n; b0 += size_t(batch)) {
