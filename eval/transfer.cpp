@@ -425,24 +425,22 @@ std::string Run::key_of(int n) {
     if (it != keys_.end()) return it->second;
     json k = {{"stage", n}, {"common", common_}, {"version", 1}};
     auto section = [&](const char* s) { k[s] = cfg_.j[s]; };
+    auto specs = [&](const char* sec) {  // fingerprints of a stage's own models (refusal, corrupted)
+        json out = json::array();
+        for (const char* side : {"source", "target"}) {
+            const json& node = cfg_.j[sec][side];
+            out.push_back(node.is_null() ? "" : spec_fingerprint(cfg_.spec(node, std::string(sec) + "." + side)));
+        }
+        return out;
+    };
     switch (n) {
         case 1: section("trigger"); break;
         case 2: section("sweep"); section("trigger"); break;
         case 3: section("mapper"); break;
         case 4: section("fidelity"); break;
         case 5: section("steering"); section("trigger"); break;
-        case 6:
-            section("refusal");
-            section("mapper");
-            k["refusal_specs"] = {cfg_.j["refusal"]["source"].is_null() ? "" : spec_fingerprint(cfg_.spec(cfg_.j["refusal"]["source"], "refusal.source")),
-                                  cfg_.j["refusal"]["target"].is_null() ? "" : spec_fingerprint(cfg_.spec(cfg_.j["refusal"]["target"], "refusal.target"))};
-            break;
-        case 7:
-            section("corrupted");
-            section("mapper");
-            k["corrupted_specs"] = {cfg_.j["corrupted"]["source"].is_null() ? "" : spec_fingerprint(cfg_.spec(cfg_.j["corrupted"]["source"], "corrupted.source")),
-                                    cfg_.j["corrupted"]["target"].is_null() ? "" : spec_fingerprint(cfg_.spec(cfg_.j["corrupted"]["target"], "corrupted.target"))};
-            break;
+        case 6: section("refusal"); section("mapper"); k["specs"] = specs("refusal"); break;
+        case 7: section("corrupted"); section("mapper"); k["specs"] = specs("corrupted"); break;
         case 8: section("safety_switch"); section("mapper"); section("trigger"); break;
     }
     // Upstream: the layers come from stage 2 when they are "auto"; 4 and 5 use stage 3's maps.
