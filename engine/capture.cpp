@@ -71,6 +71,7 @@ void StreamingSafetensorsWriter::open_output() {
 #endif
     if (out_fd_ < 0) {
         out_tmp_ = path_.string() + ".tmp";
+        tmp_guard_ = std::make_unique<interrupt::TempFile>(out_tmp_);
         out_fd_ = ::open(out_tmp_.c_str(), O_CREAT | O_TRUNC | O_RDWR | O_CLOEXEC, 0644);
     }
     if (out_fd_ < 0) fail(path_.string(), "cannot open for writing");
@@ -173,6 +174,7 @@ void StreamingSafetensorsWriter::finish() {
         if (::linkat(AT_FDCWD, fd_path.c_str(), AT_FDCWD, tmp.c_str(), AT_SYMLINK_FOLLOW) != 0)
             fail(path_.string(), "cannot link the finished file into place");
         out_tmp_ = tmp;
+        tmp_guard_ = std::make_unique<interrupt::TempFile>(out_tmp_);
     }
     ::close(out_fd_);
     out_fd_ = -1;

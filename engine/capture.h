@@ -4,11 +4,13 @@
 #pragma once
 #include <filesystem>
 #include <functional>
+#include <memory>
 #include <map>
 #include <string>
 #include <vector>
 
 #include "engine/dtype.h"
+#include "engine/interrupt.h"
 #include "engine/model.h"
 #include "engine/sites.h"
 #include "engine/steer.h"
@@ -48,6 +50,7 @@ private:
     bool started_ = false, direct_ = false, finished_ = false;
     int out_fd_ = -1;
     std::string out_tmp_;  // named temporary (no O_TMPFILE, or linked in by finish)
+    std::unique_ptr<interrupt::TempFile> tmp_guard_;  // out_tmp_, removed on SIGINT/SIGTERM
     std::vector<uint8_t> scratch_;
 };
 

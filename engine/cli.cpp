@@ -13,6 +13,7 @@
 #include "engine/cli_args.h"
 #include "engine/cli_util.h"
 #include "engine/error.h"
+#include "engine/interrupt.h"
 #include "engine/evaluate.h"
 #include "engine/forward.h"
 #include "engine/generate.h"
@@ -55,7 +56,9 @@ const char* kUsage =
     "  help [SUBCOMMAND]        this text, or one subcommand's usage\n"
     "\n"
     "MODEL is an HF model folder: config.json, model.safetensors (or sharded with\n"
-    "model.safetensors.index.json), tokenizer.json. Errors print one line and exit with status 2.\n";
+    "model.safetensors.index.json), tokenizer.json. Errors print one line and exit with status 2.\n"
+    "Commands that run a model also take --threads N and --check-finite (stop at the first site\n"
+    "whose activations hold NaN or Inf, naming the site, layer, prompt and position).\n";
 
 const std::map<std::string, std::string> kHelp = {
     {"inspect",
@@ -83,6 +86,7 @@ const std::map<std::string, std::string> kHelp = {
      "  --no-eos                 do not stop at the model's EOS tokens\n"
      "  -o, --output FILE        write JSONL results here (default: stdout)\n"
      "  --threads N              CPU threads (default: all cores)\n"
+     "  --check-finite           stop at the first site holding NaN/Inf (site, layer, prompt, position)\n"
      "  --lora DIR               merge a PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors)\n"
      "  --steer SITE:OP:FILE[:ALPHA][@POSITIONS]   repeatable, applied in order, in the prompt and every\n"
      "                           decode step. OP: add (x += a*v), ablate (x -= a*(x.v^)v^), replace\n"
@@ -250,10 +254,10 @@ int cmd_generate(int argc, char** argv) {
     Args a = Args::parse(argc, argv, 2,
                          {"--prompt", "--prompts", "-n", "--max-new-tokens", "--temp", "--top-k", "--top-p", "--seed",
                           "--system", "--batch", "-o", "--output", "--threads", "--lora", "--steer"},
-                         {"--no-eos", "--chat"});
+                         {"--no-eos", "--chat", "--check-finite"});
     if (a.positional.size() != 1) fail("generate", "expects one MODEL argument");
     if (a.has("--prompt") == a.has("--prompts")) fail("generate", "give exactly one of --prompt TEXT or --prompts FILE.jsonl");
-    set_threads(a);
+    apply_run_options(a);
     GenerateOptions go;
     go.max_new_tokens = a.has("-n") ? a.get_int("-n", 64, 1, 1 << 20) : a.get_int("--max-new-tokens", 64, 1, 1 << 20);
     go.sampling.temperature = float(a.get_double("--temp", 0.0, 0.0, 100.0));
@@ -323,13 +327,13 @@ int cmd_capture(int argc, char** argv) {
     Args a = Args::parse(argc, argv, 2,
                          {"--prompts", "--sites", "--positions", "--dtype", "-o", "--output", "--system", "--batch",
                           "--threads", "--lora", "--steer"},
-                         {"--chat"});
+                         {"--chat", "--check-finite"});
     if (a.positional.size() != 1) fail("capture", "expects one MODEL argument");
     if (!a.has("--prompts")) fail("capture", "needs --prompts FILE.jsonl");
     if (!a.has("--sites")) fail("capture", "needs --sites S1,S2,...");
     const std::string out = a.get_or("-o", a.get_or("--output", ""));
     if (out.empty()) fail("capture", "needs -o OUT.safetensors");
-    set_threads(a);
+    apply_run_options(a);
     CaptureOptions opt;
     opt.positions = parse_positions(a.get_or("--positions", "all"));
     const std::string dt = a.get_or("--dtype", "f32");
@@ -370,14 +374,14 @@ int cmd_vector(int argc, char** argv) {
     Args a = Args::parse(argc, argv, 2,
                          {"--method", "--positive", "--negative", "--site", "--positions", "--negative-positions", "-o",
                           "--output", "--system", "--batch", "--threads", "--lora", "--model-hint", "--steer"},
-                         {"--chat", "--sweep"});
+                         {"--chat", "--sweep", "--check-finite"});
     if (a.positional.size() != 1) fail("vector", "expects one MODEL argument");
     for (const char* need : {"--method", "--positive", "--negative", "--site"})
         if (!a.has(need)) fail("vector", "needs {}", need);
     const std::string out = a.get_or("-o", a.get_or("--output", ""));
     if (out.empty()) fail("vector", "needs -o OUT.safetensors or OUT.gguf");
     const bool to_gguf = std::filesystem::path(out).extension() == ".gguf";
-    set_threads(a);
+    apply_run_options(a);
     VectorOptions opt;
     opt.method = parse_vector_method(*a.get("--method"));
     const char* default_pos = opt.method == VectorMethod::Paired ? "diff" : "last";
@@ -487,11 +491,11 @@ int cmd_eval(int argc, char** argv) {
     Args a = Args::parse(argc, argv, 2,
                          {"--prompts", "--contains", "--text", "--field", "-n", "--max-new-tokens", "--max-len", "--system",
                           "--batch", "--threads", "--lora", "--steer", "--json", "-o", "--output"},
-                         {"--chat"});
+                         {"--chat", "--check-finite"});
     if (a.positional.size() != 1) fail("eval", "expects one MODEL argument");
     if (!a.has("--prompts") && !a.has("--text")) fail("eval", "needs --prompts FILE.jsonl (with --contains) and/or --text FILE.jsonl");
     if (a.has("--prompts") != a.has("--contains")) fail("eval", "--prompts and --contains TEXT go together");
-    set_threads(a);
+    apply_run_options(a);
     const int max_new = a.has("-n") ? a.get_int("-n", 48, 1, 1 << 20) : a.get_int("--max-new-tokens", 48, 1, 1 << 20);
     const int max_len = a.get_int("--max-len", 512, 2, 1 << 20);
     const int batch = a.get_int("--batch", 8, 1, 4096);
@@ -574,9 +578,9 @@ int cmd_eval(int argc, char** argv) {
 
 int cmd_bench(int argc, char** argv) {
     Args a = Args::parse(argc, argv, 2,
-                         {"--prompt-len", "--decode", "--reps", "--threads", "--json", "--seed", "--lora", "--steer"}, {});
+                         {"--prompt-len", "--decode", "--reps", "--threads", "--json", "--seed", "--lora", "--steer"}, {"--check-finite"});
     if (a.positional.size() != 1) fail("bench", "expects one MODEL argument");
-    set_threads(a);
+    apply_run_options(a);
     const int prompt_len = a.get_int("--prompt-len", 512, 1, 1 << 20);
     const int n_decode = a.get_int("--decode", 64, 1, 1 << 20);
     const int reps = a.get_int("--reps", 3, 1, 1000);
@@ -673,6 +677,7 @@ int run_cli(int argc, char** argv) {
         return 2;
     }
     std::string cmd = argv[1];
+    interrupt::install(cmd);
     try {
         if (cmd == "help" || cmd == "--help" || cmd == "-h") return cmd_help(argc, argv);
         if (cmd == "--version" || cmd == "version") {

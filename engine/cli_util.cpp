@@ -7,15 +7,19 @@
 #include <fstream>
 
 #include "engine/error.h"
+#include "engine/finite.h"
+#include "engine/interrupt.h"
 
 namespace stitch {
 
-void set_threads(const Args& a) {
+void apply_run_options(const Args& a) {
     if (a.get("--threads")) omp_set_num_threads(a.get_int("--threads", 1, 1, 4096));
+    if (a.has("--check-finite")) set_check_finite(true);
 }
 
 void write_file_atomic(const std::string& path, const std::string& text) {
     const std::string tmp = path + ".tmp";
+    interrupt::TempFile guard(tmp);  // removed if the run is interrupted before the rename
     {
         std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
         if (!out) fail(path, "cannot open for writing");
@@ -26,7 +30,13 @@ void write_file_atomic(const std::string& path, const std::string& text) {
             fail(path, "write failed");
         }
     }
-    std::filesystem::rename(tmp, path);
+    std::error_code ec;
+    std::filesystem::rename(tmp, path, ec);
+    if (ec) {
+        std::error_code ignored;
+        std::filesystem::remove(tmp, ignored);
+        fail(path, "cannot move the finished file into place: {}", ec.message());
+    }
 }
 
 double peak_rss_mb() {

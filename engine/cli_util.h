@@ -6,8 +6,9 @@
 
 namespace stitch {
 
-// --threads N (default: every core, OpenMP's choice).
-void set_threads(const Args& a);
+// Options every model-running command shares: --threads N (default: every core, OpenMP's
+// choice) and --check-finite (stop the forward pass at the first NaN/Inf site; engine/finite.h).
+void apply_run_options(const Args& a);
 // Writes text to PATH through PATH.tmp renamed at the end, so a failed run leaves nothing behind.
 void write_file_atomic(const std::string& path, const std::string& text);
 // Peak resident set size of this process, MB.

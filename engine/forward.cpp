@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "engine/error.h"
+#include "engine/finite.h"
 #include "engine/ops.h"
 
 namespace stitch {
@@ -76,8 +77,10 @@ std::vector<float> forward(const Model& m, RunState& st, std::span<const SeqInpu
 
     const Ops& ops = cpu_ops();
     const Hooks* hooks = opt.hooks && opt.hooks->site_mask ? opt.hooks : nullptr;
+    const bool check_finite = check_finite_enabled();  // --check-finite: stop at the first non-finite site
     auto hook = [&](Site s, int layer, float* data, int rows, int cols, const int32_t* seq, const int32_t* pos) {
         if (hooks && hooks->wants(s)) hooks->on_site(SiteView{s, layer, data, rows, cols, seq, pos});
+        if (check_finite) check_site_finite(SiteView{s, layer, data, rows, cols, seq, pos});
     };
     const int32_t* rs = st.row_seq.data();
     const int32_t* rp = st.row_pos.data();

@@ -70,7 +70,8 @@ struct RunState {
 
 // Runs the new tokens of every sequence through the model. Returns logits
 // [rows, vocab] where rows = total tokens (all_logits) or one per sequence (its last).
-// Throws stitch::Error for token ids outside the vocabulary or a full KV cache.
+// Throws stitch::Error for token ids outside the vocabulary or a full KV cache, and, with
+// set_check_finite(true) (engine/finite.h), for the first site holding NaN or Inf.
 std::vector<float> forward(const Model& m, RunState& st, std::span<const SeqInput> seqs, const ForwardOptions& opt = {});
 
 }  // namespace stitch

@@ -7,6 +7,7 @@
 #include <set>
 
 #include "engine/error.h"
+#include "engine/finite.h"
 #include "engine/safetensors.h"
 #include "kernels/cpu/blas.h"
 
@@ -146,10 +147,12 @@ std::string apply_lora(Model& m, const std::filesystem::path& dir) {
 Model load_model_with_adapter(const std::filesystem::path& path, const std::filesystem::path& adapter) {
     if (!adapter.empty() && !std::filesystem::is_directory(adapter)) fail(adapter.string(), "no such adapter folder");
     Model m = load_model(path);
+    check_weights_finite(m, path.string());
     if (!adapter.empty()) {
         m.adapter = apply_lora(m, adapter);
         m.identity = combine_fingerprints({m.identity, file_fingerprint(adapter / "adapter_config.json"),
                                            file_fingerprint(adapter / "adapter_model.safetensors")});
+        check_weights_finite(m, (adapter / "adapter_model.safetensors").string());
     }
     return m;
 }

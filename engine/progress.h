@@ -5,15 +5,20 @@
 #include <string>
 #include <unistd.h>
 
+#include "engine/interrupt.h"
+
 namespace stitch {
 
 class Progress {
 public:
     Progress(std::string what, long total, std::string unit)
         : what_(std::move(what)), unit_(std::move(unit)), total_(total), tty_(isatty(2)),
-          start_(std::chrono::steady_clock::now()) {}
+          start_(std::chrono::steady_clock::now()) {
+        interrupt::set_progress(what_, total_, unit_);  // what an interrupted run reports
+    }
     // done: units finished so far; tokens: tokens processed so far (for tok/s).
     void update(long done, long tokens, bool force = false) {
+        interrupt::set_progress_done(done);
         auto now = std::chrono::steady_clock::now();
         double since = std::chrono::duration<double>(now - last_).count();
         if (!force && since < (tty_ ? 0.25 : 5.0)) return;

@@ -44,13 +44,13 @@ std::set<int> stage_list(const Args& a, const char* opt) {
 }  // namespace
 
 int cmd_transfer(int argc, char** argv) {
-    Args a = Args::parse(argc, argv, 2, {"-o", "--output", "--stages", "--skip", "--threads", "--headline"}, {"--full", "--force"});
+    Args a = Args::parse(argc, argv, 2, {"-o", "--output", "--stages", "--skip", "--threads", "--headline"}, {"--full", "--force", "--check-finite"});
     if (auto h = a.get("--headline")) {
         fmt::print("{}", transfer_headline(*h));
         return 0;
     }
     if (a.positional.size() != 1) fail("transfer", "expects one CONFIG argument (see `stitch help transfer`)");
-    set_threads(a);
+    apply_run_options(a);
     TransferOptions o;
     o.config = a.positional[0];
     o.out_dir = a.get("-o") ? *a.get("-o") : a.get_or("--output", "");

@@ -15,6 +15,7 @@
 #include <string_view>
 
 #include "engine/error.h"
+#include "engine/interrupt.h"
 
 namespace stitch::plot {
 namespace {
@@ -388,6 +389,7 @@ std::string render(const BarChart& c) {
 void write(const std::filesystem::path& path, const std::string& svg) {
     std::filesystem::path tmp = path;
     tmp += ".tmp";
+    interrupt::TempFile guard(tmp.string());  // removed if the run is interrupted before the rename
     std::error_code ec;
     {
         std::ofstream out(tmp, std::ios::binary | std::ios::trunc);

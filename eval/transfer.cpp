@@ -17,6 +17,7 @@
 #include "engine/capture.h"
 #include "engine/cli_util.h"
 #include "engine/error.h"
+#include "engine/interrupt.h"
 #include "engine/generate.h"
 #include "engine/lora.h"
 #include "engine/progress.h"
@@ -481,6 +482,8 @@ const json& Run::stage(int n) {
     }
     if (!selected) return results_[n] = json();
     fmt::print(stderr, "transfer: stage {} ({}) …\n", n, def(n).name);
+    interrupt::set_activity(fmt::format("stage {} ({}); stages done before it stay cached in {}", n, def(n).name,
+                                        (out_ / "stages").string()));
     const auto t0 = Clock::now();
     json r = run_stage(n);
     const double s = seconds_since(t0);

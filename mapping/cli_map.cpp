@@ -82,10 +82,7 @@ json metrics_json(const MapMetrics& m) {
 }
 
 Model load_with_lora(const std::string& path, const std::optional<std::string>& lora) {
-    if (lora && !std::filesystem::is_directory(*lora)) fail(*lora, "no such adapter folder");
-    Model m = load_model(path);
-    if (lora) m.adapter = apply_lora(m, *lora);
-    return m;
+    return load_model_with_adapter(path, lora.value_or(""));
 }
 
 SiteRef one_site(const std::string& spec, const ModelConfig& c, const char* flag) {
@@ -101,7 +98,7 @@ int cmd_map_train(int argc, char** argv) {
                           "--source-lora", "--target-lora", "--kind", "--hidden", "--solver", "--ridge", "--epochs",
                           "--lr", "--batch", "--accum", "--weight-decay", "--val", "--seed", "--patience", "--device",
                           "--threads", "-o", "--output", "--json"},
-                         {"--chat"});
+                         {"--chat", "--check-finite"});
     if (!a.positional.empty()) fail(a.positional[0], "unexpected argument (see `stitch help map`)");
     const std::string out = a.get_or("-o", a.get_or("--output", ""));
     if (out.empty()) fail("map train", "needs -o MAP.safetensors");
@@ -114,7 +111,7 @@ int cmd_map_train(int argc, char** argv) {
         fail("map train", "streaming from models needs --source-model, --target-model and --prompts");
     if (from_models && !(a.has("--source-site") && a.has("--target-site")))
         fail("map train", "streaming from models needs --source-site and --target-site");
-    set_threads(a);
+    apply_run_options(a);
 
     const MapKind kind = parse_map_kind(a.get_or("--kind", "autoencoder"));
     const std::string solver = a.get_or("--solver", "adamw");
@@ -287,7 +284,7 @@ int cmd_map_eval(int argc, char** argv) {
                          {"--ignore-model"});
     if (a.positional.size() != 1) fail("map eval", "expects one MAP argument");
     if (!a.has("--source") || !a.has("--target")) fail("map eval", "needs --source and --target capture files");
-    set_threads(a);
+    apply_run_options(a);
     const std::string map_path = a.positional[0];
     Mapper m = load_map(map_path);
     ActivationFile fs(*a.get("--source"), a.get_or("--source-site", ""), "--source-site", meta_or(m, "source_site"));
@@ -317,7 +314,7 @@ int cmd_map_apply(int argc, char** argv) {
     if (!a.has("--source")) fail("map apply", "needs --source SRC.safetensors");
     const std::string out = a.get_or("-o", a.get_or("--output", ""));
     if (out.empty()) fail("map apply", "needs -o OUT.safetensors");
-    set_threads(a);
+    apply_run_options(a);
     const std::string dt_name = a.get_or("--dtype", "f32");
     DType dtype = DType::F32;
     if (dt_name == "f16") dtype = DType::F16;

@@ -108,7 +108,7 @@ void CpuMapCompute<T>::forward(const T* x, int rows, const T* y, RowStats* stats
     const T* in = x;
     const int L = n_layers();
     for (int l = 0; l < L; ++l) {
-        const auto [out, in_dim] = shape_[size_t(l)];
+        const int out = shape_[size_t(l)].out, in_dim = shape_[size_t(l)].in;  // no structured binding: OpenMP captures it (clang < 16 cannot)
         T* z = act_[size_t(l)].data();
         gemm(false, true, rows, out, in_dim, in, in_dim, W_[size_t(l)].data(), in_dim, T(0), z, out);
         const T* b = b_[size_t(l)].data();
@@ -177,7 +177,7 @@ T CpuMapCompute<T>::loss_and_grad(const T* x, const T* y, const T* row_weight, i
         loss += row_weight[r] * sse / T(d);
     }
     for (int l = L - 1; l >= 0; --l) {
-        const auto [out, in_dim] = shape_[size_t(l)];
+        const int out = shape_[size_t(l)].out, in_dim = shape_[size_t(l)].in;  // no structured binding: OpenMP captures it (clang < 16 cannot)
         const T* in = l == 0 ? x : act_[size_t(l) - 1].data();
         const T* dz = dact_[size_t(l)].data();
         // gW = dzᵀ · in, gb = Σ_rows dz

@@ -5,6 +5,8 @@ set -euo pipefail
 pkgs=(g++ make pkg-config xz-utils python3 python3-pip
       libfmt-dev doctest-dev nlohmann-json3-dev libpcre2-dev libutf8proc-dev libsentencepiece-dev
       libopenblas-openmp-dev)
+# `make fuzz`: clang with libFuzzer and the sanitizer runtimes, and LLVM's OpenMP.
+[ "${STITCH_FUZZ_DEPS:-0}" = 1 ] && pkgs+=(clang libclang-rt-dev libomp-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
