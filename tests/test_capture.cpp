@@ -186,7 +186,7 @@ TEST_CASE("capture: 20k prompts stream to disk in bounded memory; SIGKILL mid-ru
     const double out_mb = double(t.nbytes) / (1 << 20);
     MESSAGE(fmt::format("20k prompts: {} rows, {:.0f} MB of activations, peak RSS {:.0f} MB", t.shape[0], out_mb, rss_mb));
     CHECK(out_mb > 50);
-    CHECK(rss_mb < 48);  // the rows never sit in memory together
+    if (!test::kAddressSanitizer) CHECK(rss_mb < 48);  // the rows never sit in memory together
     CHECK(cap.to_i32(cap.get("prompt_index")).back() == 19999);
 }
 

@@ -16,6 +16,14 @@
 
 namespace test {
 
+// Built with AddressSanitizer (`make test-sanitize`): memory measurements include its shadow
+// memory and quarantine, so bounds on peak RSS do not apply.
+#if defined(__SANITIZE_ADDRESS__)
+inline constexpr bool kAddressSanitizer = true;
+#else
+inline constexpr bool kAddressSanitizer = false;
+#endif
+
 inline std::filesystem::path source_dir() { return STITCH_SOURCE_DIR; }
 inline std::filesystem::path fixture(const std::string& rel) { return source_dir() / "tests/fixtures" / rel; }
 inline std::filesystem::path build_dir() { return STITCH_BUILD_DIR; }
