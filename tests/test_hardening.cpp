@@ -51,10 +51,10 @@ void copy_model_with_value(const std::filesystem::path& src, const std::filesyst
     test::write_bytes(file, bytes);
 }
 
-// Runs build/stitch ARGS with stderr captured, sends `sig` after `after_ms`; returns (status, stderr).
-// status: exit code, or -signal when killed.
-std::pair<int, std::string> run_and_signal(const std::vector<std::string>& args, int sig, int after_ms,
-                                           const std::filesystem::path& err_file) {
+// Runs build/stitch ARGS with stderr captured; once stderr shows `ready` (a first progress line),
+// waits `after_ms` and sends `sig`. Returns (status, stderr); status: exit code, or -signal.
+std::pair<int, std::string> run_and_signal(const std::vector<std::string>& args, int sig, const std::string& ready,
+                                           int after_ms, const std::filesystem::path& err_file) {
     std::vector<std::string> full = {test::stitch_binary().string()};
     full.insert(full.end(), args.begin(), args.end());
     std::vector<char*> argv;
@@ -67,6 +67,7 @@ std::pair<int, std::string> run_and_signal(const std::vector<std::string>& args,
         ::execv(argv[0], argv.data());
         ::_exit(127);
     }
+    for (int i = 0; i < 1200 && test::read_bytes(err_file).find(ready) == std::string::npos; ++i) ::usleep(50000);
     ::usleep(useconds_t(after_ms) * 1000);
     ::kill(pid, sig);
     int status = 0;
@@ -203,7 +204,7 @@ TEST_CASE("hardening: SIGINT or SIGTERM mid-capture says where it stopped and le
         auto [status, err] = run_and_signal({"capture", test::fixture("models/llama_tied").string(), "--prompts",
                                              (dir / "p.jsonl").string(), "--sites", "blocks.1.resid_post", "--batch",
                                              "16", "-o", out.string()},
-                                            sig, 1500, dir / "err.txt");
+                                            sig, "capture: ", 500, dir / "err.txt");
         CHECK(status == 128 + sig);
         const std::string name = sig == SIGINT ? "SIGINT" : "SIGTERM";
         CHECK(err.find("stitch: interrupted by " + name + " during `capture`; stopped at capture ") != std::string::npos);
