@@ -63,8 +63,8 @@ const char* const kDefaults = R"({
   "fidelity":  {"texts": 100, "text_len": 128, "completion_prompts": 32, "completion_tokens": 32},
   "steering":  {"prompts": 0, "dev_prompts": 0, "alphas": [1, 2, 3, 4, 5],
                 "vectors": ["native", "mapped", "mapped_difference", "mapped_affine", "random"]},
-  "refusal":   {"source": null, "target": null, "chat": true, "train": 0, "prompts": 100, "alpha": 1.0,
-                "max_new_tokens": 32},
+  "refusal":   {"source": null, "target": null, "layers": "auto", "chat": true, "train": 0, "prompts": 100,
+                "alpha": 1.0, "max_new_tokens": 32},
   "corrupted": {"source": null, "target": null, "train": 0, "prompts": 0, "alphas": [1, 2, 3, 4, 5],
                 "max_new_tokens": 32},
   "safety_switch": {"prompts": 100},
@@ -191,11 +191,12 @@ Config load_config(const TransferOptions& opt) {
         merge_checked(c.j, c.j["full"], "", opt.config + " (section \"full\")");
     }
     if (c.j["source"].is_null() || c.j["target"].is_null()) fail(opt.config, "needs \"source\" and \"target\" model specs");
-    const json& L = c.j["layers"];
-    if (!(L.is_string() && L == "auto") &&
-        !(L.is_object() && L.contains("source") && L.contains("target") && L["source"].is_number_integer() &&
-          L["target"].is_number_integer()))
-        fail(opt.config, "'layers' must be \"auto\" or {{\"source\": L, \"target\": L}}");
+    for (const auto& [L, name] : {std::pair<const json&, const char*>{c.j["layers"], "layers"},
+                                  std::pair<const json&, const char*>{c.j["refusal"]["layers"], "refusal.layers"}})
+        if (!(L.is_string() && L == "auto") &&
+            !(L.is_object() && L.size() == 2 && L.contains("source") && L.contains("target") &&
+              L["source"].is_number_integer() && L["target"].is_number_integer()))
+            fail(opt.config, "'{}' must be \"auto\" or {{\"source\": L, \"target\": L}}", name);
     if (!c.j["name"].is_string() || c.j["name"].get<std::string>().empty()) fail(opt.config, "'name' must be a non-empty string");
     if (!c.j["phrase"].is_string() || c.j["phrase"].get<std::string>().empty()) fail(opt.config, "'phrase' must be a non-empty string");
     return c;
@@ -829,7 +830,10 @@ json Run::stage_steering() {
 // ---- stage 6: refusal ---------------------------------------------------------------------------------------------
 
 json Run::stage_refusal() {
-    auto [ls, lt] = layers(6);
+    // Refusal is a mid-depth direction in the refusal-direction literature: "refusal.layers" may
+    // name other layers than the backdoor's ("auto": the run's layers).
+    const json& RL = cfg_.j["refusal"]["layers"];
+    const auto [ls, lt] = RL.is_object() ? std::pair{RL["source"].get<int>(), RL["target"].get<int>()} : layers(6);
     const Spec s = cfg_.spec(cfg_.j["refusal"]["source"], "refusal.source", Spec{source_.model, ""});
     const Spec t = cfg_.spec(cfg_.j["refusal"]["target"], "refusal.target", Spec{target_.model, ""});
     pool_.keep({s, t});

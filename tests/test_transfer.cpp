@@ -3,6 +3,7 @@
 // vectors against `stitch vector`'s, and a miniature end-to-end run on trained fixture models
 // (tests/fixtures/transfer: a source/target pair with LoRA backdoors, tools/make_transfer_fixtures.py).
 #include <doctest/doctest.h>
+#include <regex>
 
 #include <nlohmann/json.hpp>
 
@@ -202,6 +203,9 @@ TEST_CASE("transfer: config errors are one line naming the file") {
                                   "\"}, \"layers\": [1, 2]}"),
                          doctest::Contains("'layers' must be"), Error);
     CHECK_THROWS_WITH_AS(run_with("{\"source\": {\"model\": \"" + model + "\"}, \"target\": {\"model\": \"" + model +
+                                  "\"}, \"refusal\": {\"layers\": {\"source\": 1}}}"),
+                         doctest::Contains("'refusal.layers' must be"), Error);
+    CHECK_THROWS_WITH_AS(run_with("{\"source\": {\"model\": \"" + model + "\"}, \"target\": {\"model\": \"" + model +
                                   "\"}, \"trigger\": {\"prompts\": \"many\"}}"),
                          doctest::Contains("trigger.prompts"), Error);
     CHECK_FALSE(std::filesystem::exists(tmp / "run" / "results.json"));
@@ -319,6 +323,48 @@ TEST_CASE("stitch transfer end to end on the trained fixture pair: every stage, 
     o2.out_dir = (tmp / "other").string();
     o2.only = {4};
     CHECK_THROWS_WITH_AS(run_transfer(o2), doctest::Contains("needs stage 3 (mapper)"), Error);
+
+    // refusal.layers: stage 6 at other layers than the run's, a new cache key, nothing else rerun
+    {
+        const auto fx = test::fixture("transfer");
+        std::string cfg = test::read_bytes(fx / "config.json");
+        // the copied config names the fixture's models, adapters and data by absolute path
+        cfg = std::regex_replace(cfg, std::regex("\"model\": \"(source|target)\""), "\"model\": \"" + fx.string() + "/$1\"");
+        cfg = std::regex_replace(cfg, std::regex("\"adapter\": \"([a-z-]+)\""), "\"adapter\": \"" + fx.string() + "/$1\"");
+        cfg = std::regex_replace(cfg, std::regex("\"data\": \"data\""), "\"data\": \"" + (fx / "data").string() + "\"");
+        cfg = std::regex_replace(cfg, std::regex("\"refusal\":   \\{"), "\"refusal\": {\"layers\": {\"source\": 1, \"target\": 1}, ");
+        REQUIRE(cfg.find("\"layers\": {\"source\": 1, \"target\": 1}") != std::string::npos);
+        test::write_bytes(tmp / "refusal-layers.json", cfg);
+        TransferOptions o3 = o;
+        o3.config = (tmp / "refusal-layers.json").string();
+        o3.only = {6};
+        run_transfer(o3);
+        std::ifstream f6(dir / "stages/6-refusal.json");
+        const json r6 = json::parse(f6)["results"];
+        CHECK(r6["layers"]["source"] == 1);
+        CHECK(r6["layers"]["target"] == 1);
+    }
+}
+
+TEST_CASE("transfer: a malformed dataset line is an error naming FILE:LINE, before any output") {
+    test::TempDir tmp;
+    const auto fx = test::fixture("transfer");
+    std::filesystem::copy(fx / "data", tmp / "data", std::filesystem::copy_options::recursive);
+    std::string lines = test::read_bytes(tmp / "data/backdoor/test.jsonl");
+    const size_t second = lines.find('\n') + 1, third = lines.find('\n', second) + 1;
+    lines.replace(second, third - second, "{\"id\": \"broken\", \"prompt\": \n");  // line 2: cut short
+    test::write_bytes(tmp / "data/backdoor/test.jsonl", lines);
+    test::write_bytes(tmp / "c.json", "{\"name\": \"x\", \"source\": {\"model\": \"" + (fx / "source").string() +
+                                          "\"}, \"target\": {\"model\": \"" + (fx / "target").string() +
+                                          "\"}, \"data\": \"data\", \"layers\": {\"source\": 1, \"target\": 1}}");
+    TransferOptions o;
+    o.config = (tmp / "c.json").string();
+    o.out_dir = (tmp / "run").string();
+    o.only = {1};
+    const std::string want = (tmp / "data/backdoor/test.jsonl").string() + ":2: not valid JSON";
+    CHECK_THROWS_WITH_AS(run_transfer(o), doctest::Contains(want.c_str()), Error);
+    CHECK_FALSE(std::filesystem::exists(tmp / "run" / "stages" / "1-trigger.json"));
+    CHECK_FALSE(std::filesystem::exists(tmp / "run" / "results.json"));
 }
 
 TEST_CASE("stitch transfer CLI: bad input exits 2 with one line") {
