@@ -3,8 +3,13 @@
 #include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <regex>
+#include <climits>
+#include <optional>
+#include <string_view>
 #include <set>
+
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
 
 #include "engine/error.h"
 #include "engine/finite.h"
@@ -17,19 +22,95 @@ using json = nlohmann::json;
 
 namespace {
 
-// PEFT's pattern rule: a key matches a module whose name is the key or ends with ".key".
-const json* find_pattern(const json& patterns, const std::string& module) {
-    if (!patterns.is_object()) return nullptr;
-    for (auto it = patterns.begin(); it != patterns.end(); ++it) {
-        try {
-            if (std::regex_match(module, std::regex("(.*\\.)?(" + it.key() + ")"))) return &it.value();
-        } catch (const std::regex_error&) {
-            if (module == it.key() || (module.size() > it.key().size() &&
-                                       module.compare(module.size() - it.key().size() - 1, std::string::npos, "." + it.key()) == 0))
-                return &it.value();
-        }
+// PEFT's pattern rule: a key matches a module whose name is the key or ends with ".key", the key
+// read as a (Python) regex: the whole name must match (.*\.)?(KEY). Run by PCRE2 with bounded
+// match effort (a pathological key is an error, never a hang); a key that is not a regex is
+// matched literally.
+struct PatternMatcher {
+    pcre2_code* code = nullptr;
+    explicit PatternMatcher(const std::string& key) {
+        const std::string re = "(.*\\.)?(" + key + ")";
+        int err = 0;
+        PCRE2_SIZE off = 0;
+        code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(re.data()), re.size(), PCRE2_ANCHORED | PCRE2_ENDANCHORED,
+                             &err, &off, nullptr);
     }
-    return nullptr;
+    ~PatternMatcher() { pcre2_code_free(code); }
+    PatternMatcher(const PatternMatcher&) = delete;
+    PatternMatcher& operator=(const PatternMatcher&) = delete;
+};
+
+bool pattern_matches(const std::string& key, const std::string& module, const std::string& file, const char* what) {
+    PatternMatcher pm(key);
+    if (!pm.code)
+        return module == key || (module.size() > key.size() &&
+                                 module.compare(module.size() - key.size() - 1, std::string::npos, "." + key) == 0);
+    pcre2_match_data* md = pcre2_match_data_create_from_pattern(pm.code, nullptr);
+    pcre2_match_context* mc = pcre2_match_context_create(nullptr);
+    if (!md || !mc) {
+        pcre2_match_data_free(md);
+        pcre2_match_context_free(mc);
+        throw std::bad_alloc();
+    }
+    pcre2_set_match_limit(mc, 1000000);
+    pcre2_set_depth_limit(mc, 10000);
+    pcre2_set_heap_limit(mc, 64 * 1024);  // KiB
+    const int rc = pcre2_match(pm.code, reinterpret_cast<PCRE2_SPTR>(module.data()), module.size(), 0, 0, md, mc);
+    pcre2_match_data_free(md);
+    pcre2_match_context_free(mc);
+    if (rc >= 0) return true;
+    if (rc == PCRE2_ERROR_NOMATCH) return false;
+    fail(file, "{} key '{}' cannot be matched against '{}' (PCRE2 error {}: pattern too complex?)", what, key, module, rc);
+}
+
+// A PEFT LoRA tensor name: base_model.model.MODULE.lora_(A|B)[.default].weight, where MODULE ends
+// in [\b]layers.N.(self_attn|mlp).PROJ (PROJ: ASCII word characters). Hand-parsed (no std::regex:
+// its recursion depth grows with the name's length). A layer number too large for an int is INT_MAX
+// (then "out of range").
+struct LoraTensorName {
+    std::string module, proj;
+    int layer = 0;
+    bool is_a = false;
+};
+std::optional<LoraTensorName> parse_lora_tensor_name(std::string_view name) {
+    auto strip_suffix = [&](std::string_view suf) {
+        if (name.size() < suf.size() || name.substr(name.size() - suf.size()) != suf) return false;
+        name.remove_suffix(suf.size());
+        return true;
+    };
+    auto word = [](char ch) { return std::isalnum(static_cast<unsigned char>(ch)) || ch == '_'; };
+    constexpr std::string_view prefix = "base_model.model.";
+    if (name.substr(0, prefix.size()) != prefix) return std::nullopt;
+    name.remove_prefix(prefix.size());
+    if (!strip_suffix(".weight")) return std::nullopt;
+    strip_suffix(".default");
+    LoraTensorName out;
+    if (strip_suffix(".lora_A")) out.is_a = true;
+    else if (!strip_suffix(".lora_B")) return std::nullopt;
+    const std::string_view module = name;
+    // PROJ
+    size_t dot = name.rfind('.');
+    if (dot == std::string_view::npos || dot + 1 == name.size()) return std::nullopt;
+    const std::string_view proj = name.substr(dot + 1);
+    for (char ch : proj)
+        if (!word(ch)) return std::nullopt;
+    name = name.substr(0, dot);
+    if (!strip_suffix(".self_attn") && !strip_suffix(".mlp")) return std::nullopt;
+    // N
+    dot = name.rfind('.');
+    if (dot == std::string_view::npos || dot + 1 == name.size()) return std::nullopt;
+    int64_t layer = 0;
+    for (char ch : name.substr(dot + 1)) {
+        if (ch < '0' || ch > '9') return std::nullopt;
+        layer = std::min<int64_t>(layer * 10 + (ch - '0'), INT32_MAX);
+    }
+    name = name.substr(0, dot);
+    if (!strip_suffix("layers")) return std::nullopt;
+    if (!name.empty() && word(name.back())) return std::nullopt;  // \blayers
+    out.module = std::string(module);
+    out.proj = std::string(proj);
+    out.layer = int(layer);
+    return out;
 }
 
 struct Target {
@@ -40,6 +121,79 @@ struct Target {
 
 }  // namespace
 
+int LoraConfig::rank_for(const std::string& module) const {
+    for (const auto& [key, v] : rank_pattern)
+        if (pattern_matches(key, module, file, "rank_pattern")) return int(v);
+    return r;
+}
+
+double LoraConfig::alpha_for(const std::string& module) const {
+    for (const auto& [key, v] : alpha_pattern)
+        if (pattern_matches(key, module, file, "alpha_pattern")) return v;
+    return alpha;
+}
+
+LoraConfig read_adapter_config(const std::filesystem::path& cfg_path) {
+    const std::string cf = cfg_path.string();
+    json cfg;
+    {
+        std::ifstream in(cfg_path, std::ios::binary);
+        if (!in) fail(cf, "cannot open");
+        try {
+            cfg = json::parse(in);
+        } catch (const json::exception& e) {
+            fail(cf, "not valid JSON ({})", e.what());
+        }
+    }
+    if (!cfg.is_object()) fail(cf, "not a JSON object");
+    auto string_or = [&](const char* k, const char* dflt) -> std::string {
+        auto it = cfg.find(k);
+        if (it == cfg.end() || it->is_null()) return dflt;
+        if (!it->is_string()) fail(cf, "\"{}\" must be a string", k);
+        return it->get<std::string>();
+    };
+    if (const std::string t = string_or("peft_type", "LORA"); t != "LORA") fail(cf, "peft_type \"{}\" is not LORA", t);
+    auto truthy = [&](const char* k) {
+        return cfg.contains(k) && !cfg[k].is_null() && cfg[k] != false && !(cfg[k].is_array() && cfg[k].empty()) &&
+               !(cfg[k].is_object() && cfg[k].empty());
+    };
+    if (truthy("use_dora")) fail(cf, "DoRA adapters (use_dora) are not supported");
+    if (truthy("modules_to_save")) fail(cf, "modules_to_save (fully trained extra modules) is not supported");
+    if (truthy("fan_in_fan_out")) fail(cf, "fan_in_fan_out adapters (GPT-2 Conv1D layout) do not fit Llama/Qwen/Gemma models");
+    if (truthy("lora_bias")) fail(cf, "LoRA bias training (lora_bias) is not supported");
+    if (const std::string b = string_or("bias", "none"); b != "none")
+        fail(cf, "LoRA bias training (bias = \"{}\") is not supported", b);
+    if (truthy("target_parameters")) fail(cf, "target_parameters adapters are not supported");
+    constexpr int64_t kMaxRank = 1 << 20;
+    auto rank_value = [&](const json& v) { return v.is_number_integer() && v.get<int64_t>() > 0 && v.get<int64_t>() <= kMaxRank; };
+    auto alpha_value = [&](const json& v) { return v.is_number() && std::isfinite(v.get<double>()); };
+    LoraConfig lc;
+    lc.file = cf;
+    if (!cfg.contains("r") || !rank_value(cfg["r"])) fail(cf, "missing positive integer \"r\" (at most {})", kMaxRank);
+    if (!cfg.contains("lora_alpha") || !alpha_value(cfg["lora_alpha"])) fail(cf, "missing number \"lora_alpha\"");
+    lc.r = int(cfg["r"].get<int64_t>());
+    lc.alpha = cfg["lora_alpha"].get<double>();
+    if (auto it = cfg.find("use_rslora"); it != cfg.end() && !it->is_null()) {
+        if (!it->is_boolean()) fail(cf, "\"use_rslora\" must be true or false");
+        lc.rslora = it->get<bool>();
+    }
+    auto patterns = [&](const char* k, bool rank) {
+        std::vector<std::pair<std::string, double>> out;
+        auto it = cfg.find(k);
+        if (it == cfg.end() || it->is_null()) return out;
+        if (!it->is_object()) fail(cf, "\"{}\" must be an object of module pattern -> {}", k, rank ? "rank" : "alpha");
+        for (auto e = it->begin(); e != it->end(); ++e) {
+            if (rank ? !rank_value(e.value()) : !alpha_value(e.value()))
+                fail(cf, "{}[\"{}\"] must be {}", k, e.key(), rank ? "a positive integer" : "a finite number");
+            out.emplace_back(e.key(), e.value().get<double>());
+        }
+        return out;
+    };
+    lc.rank_pattern = patterns("rank_pattern", true);
+    lc.alpha_pattern = patterns("alpha_pattern", false);
+    return lc;
+}
+
 std::string apply_lora(Model& m, const std::filesystem::path& dir) {
     const auto cfg_path = dir / "adapter_config.json";
     const auto w_path = dir / "adapter_model.safetensors";
@@ -47,39 +201,16 @@ std::string apply_lora(Model& m, const std::filesystem::path& dir) {
     if (!std::filesystem::exists(cfg_path)) fail(cfg_path.string(), "missing (not a PEFT adapter folder?)");
     if (!std::filesystem::exists(w_path))
         fail(w_path.string(), "missing (only safetensors adapters are read; convert adapter_model.bin)");
-    json cfg;
-    {
-        std::ifstream in(cfg_path);
-        try {
-            cfg = json::parse(in);
-        } catch (const json::exception& e) {
-            fail(cfg_path.string(), "not valid JSON ({})", e.what());
-        }
-    }
+    const LoraConfig lc = read_adapter_config(cfg_path);
     const std::string cf = cfg_path.string();
-    if (!cfg.is_object()) fail(cf, "not a JSON object");
-    if (cfg.value("peft_type", std::string("LORA")) != "LORA")
-        fail(cf, "peft_type \"{}\" is not LORA", cfg.value("peft_type", std::string()));
-    auto truthy = [&](const char* k) { return cfg.contains(k) && !cfg[k].is_null() && cfg[k] != false && !(cfg[k].is_array() && cfg[k].empty()); };
-    if (truthy("use_dora")) fail(cf, "DoRA adapters (use_dora) are not supported");
-    if (truthy("modules_to_save")) fail(cf, "modules_to_save (fully trained extra modules) is not supported");
-    if (truthy("fan_in_fan_out")) fail(cf, "fan_in_fan_out adapters (GPT-2 Conv1D layout) do not fit Llama/Qwen/Gemma models");
-    if (truthy("lora_bias") || cfg.value("bias", std::string("none")) != "none")
-        fail(cf, "LoRA bias training (bias = \"{}\") is not supported", cfg.value("bias", std::string("lora_bias")));
-    if (truthy("target_parameters")) fail(cf, "target_parameters adapters are not supported");
-    if (!cfg.contains("r") || !cfg["r"].is_number_integer() || cfg["r"].get<int>() <= 0) fail(cf, "missing positive integer \"r\"");
-    if (!cfg.contains("lora_alpha") || !cfg["lora_alpha"].is_number()) fail(cf, "missing number \"lora_alpha\"");
-    const int r_default = cfg["r"].get<int>();
-    const double alpha_default = cfg["lora_alpha"].get<double>();
-    const bool rslora = cfg.value("use_rslora", false);
-    const json rank_pattern = cfg.value("rank_pattern", json::object());
-    const json alpha_pattern = cfg.value("alpha_pattern", json::object());
+    const int r_default = lc.r;
+    const double alpha_default = lc.alpha;
+    const bool rslora = lc.rslora;
 
     SafetensorsFile f(w_path);
     const std::string wf = f.path();
     const ModelConfig& c = m.config;
     const int64_t d = c.hidden, qd = c.q_dim(), kvd = c.kv_dim(), I = c.intermediate;
-    static const std::regex name_re(R"(^base_model\.model\.(.*\blayers\.(\d+)\.(self_attn|mlp)\.(\w+))\.lora_([AB])(?:\.default)?\.weight$)");
     struct Pair {
         const TensorInfo* a = nullptr;
         const TensorInfo* b = nullptr;
@@ -88,17 +219,17 @@ std::string apply_lora(Model& m, const std::filesystem::path& dir) {
     };
     std::map<std::string, Pair> pairs;  // module name → A and B
     for (const auto& t : f.tensors()) {
-        std::smatch mt;
-        if (!std::regex_match(t.name, mt, name_re)) {
+        const auto nm = parse_lora_tensor_name(t.name);
+        if (!nm) {
             if (t.name.find("lora_embedding") != std::string::npos || t.name.find("embed_tokens") != std::string::npos ||
                 t.name.find("lm_head") != std::string::npos)
                 fail(wf, "tensor '{}': adapters on embeddings or lm_head are not supported", t.name);
             fail(wf, "tensor '{}' is not a LoRA A/B matrix of a layer projection", t.name);
         }
-        Pair& p = pairs[mt[1].str()];
-        p.layer = std::stoi(mt[2].str());
-        p.proj = mt[4].str();
-        (mt[5].str() == "A" ? p.a : p.b) = &t;
+        Pair& p = pairs[nm->module];
+        p.layer = nm->layer;
+        p.proj = nm->proj;
+        (nm->is_a ? p.a : p.b) = &t;
     }
     if (pairs.empty()) fail(wf, "no LoRA matrices in the adapter");
 
@@ -124,11 +255,9 @@ std::string apply_lora(Model& m, const std::filesystem::path& dir) {
         if (A.shape[1] != tg.cols || B.shape[0] != tg.rows || B.shape[1] != r)
             fail(wf, "module '{}': lora_A {} and lora_B {} do not fit a {}x{} projection of this model (adapter for another model?)",
                  module, A.shape_str(), B.shape_str(), tg.rows, tg.cols);
-        const json* rp = find_pattern(rank_pattern, module);
-        const int r_cfg = rp ? rp->get<int>() : r_default;
+        const int r_cfg = lc.rank_for(module);
         if (r_cfg != r) fail(wf, "module '{}': rank {} in the weights but {} in adapter_config.json", module, r, r_cfg);
-        const json* ap = find_pattern(alpha_pattern, module);
-        const double alpha = ap ? ap->get<double>() : alpha_default;
+        const double alpha = lc.alpha_for(module);
         const float scaling = float(rslora ? alpha / std::sqrt(double(r)) : alpha / double(r));
         auto a = f.to_f32(A), b = f.to_f32(B);
         for (float& x : b) x *= scaling;

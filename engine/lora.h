@@ -3,10 +3,33 @@
 #pragma once
 #include <filesystem>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "engine/model.h"
 
 namespace stitch {
+
+// adapter_config.json as apply_lora reads it.
+struct LoraConfig {
+    std::string file;  // for errors
+    int r = 0;
+    double alpha = 0;
+    bool rslora = false;
+    // PEFT's per-module overrides (pattern -> rank / alpha), in key order.
+    std::vector<std::pair<std::string, double>> rank_pattern, alpha_pattern;
+    // The rank / alpha of a module ("model.layers.3.self_attn.q_proj"): the first pattern whose
+    // regex matches the whole name or a dotted suffix of it, else r / lora_alpha. Throws
+    // stitch::Error naming the file for a pattern too complex to match.
+    int rank_for(const std::string& module) const;
+    double alpha_for(const std::string& module) const;
+};
+
+// Reads and checks adapter_config.json: peft_type LORA, no DoRA / modules_to_save / biases /
+// fan_in_fan_out / target_parameters, a positive integer r (at most 2^20), a finite lora_alpha,
+// use_rslora true/false, rank_pattern / alpha_pattern objects of positive integers / finite
+// numbers. Throws stitch::Error naming the file.
+LoraConfig read_adapter_config(const std::filesystem::path& adapter_config_json);
 
 // Merges the adapter in DIR into m. Scaling is lora_alpha / r, or lora_alpha / sqrt(r) with
 // use_rslora, with per-module rank_pattern / alpha_pattern overrides as PEFT applies them.

@@ -1,6 +1,8 @@
 #include "engine/sites.h"
 
 #include <charconv>
+#include <set>
+#include <utility>
 
 #include "engine/error.h"
 
@@ -53,9 +55,9 @@ std::vector<SiteRef> parse_sites(const std::string& list, const ModelConfig& c, 
         if (L < 0 || L >= c.n_layers) fail(flag, "layer {} in '{}' is out of range (the model has layers 0..{})", L, spec, c.n_layers - 1);
         out.push_back({s, L});
     }
-    for (size_t i = 0; i < out.size(); ++i)
-        for (size_t j = i + 1; j < out.size(); ++j)
-            if (out[i].site == out[j].site && out[i].layer == out[j].layer) fail(flag, "site '{}' is named twice", out[i].name());
+    std::set<std::pair<int, int>> seen;
+    for (const SiteRef& r : out)
+        if (!seen.insert({int(r.site), r.layer}).second) fail(flag, "site '{}' is named twice", r.name());
     return out;
 }
 

@@ -77,6 +77,8 @@ SteerVectors read_steer_vectors(const std::string& file, const SiteRef& site, in
             if (L < 0) continue;
             if (L >= n_layers) fail(file, "{} is for layer {}, but the model has layers 0..{}", t.name, L, n_layers - 1);
             if (t.numel() != width) fail(file, "{} has {} values; the site {} has width {}", t.name, t.numel(), site.name(), width);
+            if (!out.per_layer[size_t(L)].empty())
+                fail(file, "{} is a second vector for layer {} (another direction tensor names the same layer)", t.name, L);
             auto v = g.tensor_f32(t);
             check_finite(file, t.name, v);
             out.per_layer[size_t(L)] = std::move(v);
@@ -157,54 +159,65 @@ ParsedSpec split_spec(const std::string& spec) {
 
 }  // namespace
 
+SteerSpec parse_steer_spec(const std::string& spec, const ModelConfig& c) {
+    ParsedSpec p = split_spec(spec);
+    SteerSpec s;
+    s.spec = spec;
+    s.file = p.file;
+    s.wildcard = p.site.find('*') != std::string::npos;
+    if (p.op == "add") s.op = SteerOp::Add;
+    else if (p.op == "ablate") s.op = SteerOp::Ablate;
+    else if (p.op == "replace") s.op = SteerOp::Replace;
+    else fail("--steer", "unknown operation '{}' in '{}' (add, ablate, replace)", p.op, spec);
+    if (p.has_alpha) {
+        std::from_chars(p.alpha.data(), p.alpha.data() + p.alpha.size(), s.alpha);
+        if (!std::isfinite(s.alpha)) fail("--steer", "alpha '{}' in '{}' is not finite", p.alpha, spec);
+    }
+    s.sel = parse_positions(p.has_sel ? p.sel : "all");
+    if (s.sel.kind == PositionSelector::Diff) fail("--steer", "'diff' positions exist only in `stitch vector`");
+    s.sites = parse_sites(p.site, c, "--steer");
+    if (s.sites.size() != 1 && !s.wildcard)
+        fail("--steer", "'{}' names more than one site; give one --steer per site", spec);
+    return s;
+}
+
 Steering Steering::load(const std::vector<std::string>& specs, const Model& m) {
     const ModelConfig& c = m.config;
     Steering s;
     for (const auto& spec : specs) {
-        ParsedSpec p = split_spec(spec);
-        SteerOp op;
-        if (p.op == "add") op = SteerOp::Add;
-        else if (p.op == "ablate") op = SteerOp::Ablate;
-        else if (p.op == "replace") op = SteerOp::Replace;
-        else fail("--steer", "unknown operation '{}' in '{}' (add, ablate, replace)", p.op, spec);
-        float alpha = 1.0f;
-        if (p.has_alpha) {
-            std::from_chars(p.alpha.data(), p.alpha.data() + p.alpha.size(), alpha);
-            if (!std::isfinite(alpha)) fail("--steer", "alpha '{}' in '{}' is not finite", p.alpha, spec);
-        }
-        PositionSelector sel = parse_positions(p.has_sel ? p.sel : "all");
-        if (sel.kind == PositionSelector::Diff) fail("--steer", "'diff' positions exist only in `stitch vector`");
-        std::vector<SiteRef> sites = parse_sites(p.site, c, "--steer");
-        if (sites.size() != 1 && p.site.find('*') == std::string::npos)
-            fail("--steer", "'{}' names more than one site; give one --steer per site", spec);
+        const SteerSpec ps = parse_steer_spec(spec, c);
+        const SteerOp op = ps.op;
+        const float alpha = ps.alpha;
+        const PositionSelector& sel = ps.sel;
+        const std::vector<SiteRef>& sites = ps.sites;
         const SiteRef& first = sites[0];
         const int width = first.site == Site::Logits ? c.vocab_size : c.hidden;
 
         // A capture file (prompt_index + position) is a patch for replace.
         std::shared_ptr<const SafetensorsFile> patch;
-        if (!is_gguf(p.file) && std::filesystem::exists(p.file)) {
-            auto f = std::make_shared<const SafetensorsFile>(p.file);
+        if (!is_gguf(ps.file) && std::filesystem::exists(ps.file)) {
+            auto f = std::make_shared<const SafetensorsFile>(ps.file);
             if (f->find("prompt_index") && f->find("position")) patch = f;
         }
         if (patch) {
             if (op != SteerOp::Replace)
-                fail(p.file, "is a captured file (prompt_index/position rows); only replace takes one ('{}' asks for {})", spec,
-                     p.op);
+                fail(ps.file, "is a captured file (prompt_index/position rows); only replace takes one ('{}' asks for {})", spec,
+                     steer_op_name(op));
             auto pi = patch->to_i32(patch->get("prompt_index"));
             auto pos = patch->to_i32(patch->get("position"));
-            if (pi.size() != pos.size()) fail(p.file, "prompt_index has {} rows but position has {}", pi.size(), pos.size());
+            if (pi.size() != pos.size()) fail(ps.file, "prompt_index has {} rows but position has {}", pi.size(), pos.size());
             std::unordered_map<uint64_t, int64_t> rows;
             for (size_t r = 0; r < pi.size(); ++r) {
-                if (pi[r] < 0 || pos[r] < 0) fail(p.file, "row {} has a negative prompt_index or position", r);
+                if (pi[r] < 0 || pos[r] < 0) fail(ps.file, "row {} has a negative prompt_index or position", r);
                 rows[patch_key(pi[r], pos[r])] = int64_t(r);
             }
             for (const SiteRef& site : sites) {
                 const TensorInfo* t = patch->find(site.name());
-                if (!t) fail(p.file, "has no tensor '{}' to replace {} with", site.name(), site.name());
+                if (!t) fail(ps.file, "has no tensor '{}' to replace {} with", site.name(), site.name());
                 if (!is_float(t->dtype) || t->shape.size() != 2 || t->shape[1] != width || t->shape[0] != int64_t(pi.size()))
-                    fail(p.file, "tensor '{}' has shape {} ({}); replacing {} needs [{}, {}]", t->name, t->shape_str(),
+                    fail(ps.file, "tensor '{}' has shape {} ({}); replacing {} needs [{}, {}]", t->name, t->shape_str(),
                          dtype_name(t->dtype), site.name(), pi.size(), width);
-                check_finite(p.file, "tensor '" + t->name + "'", patch->to_f32(*t));
+                check_finite(ps.file, "tensor '" + t->name + "'", patch->to_f32(*t));
                 SteerItem it = make_item(spec, site, op, alpha, sel);
                 it.patch_file = patch;
                 it.patch_tensor = t;
@@ -213,20 +226,20 @@ Steering Steering::load(const std::vector<std::string>& specs, const Model& m) {
             }
             continue;
         }
-        SteerVectors vecs = read_steer_vectors(p.file, first, width, c.n_layers);
+        SteerVectors vecs = read_steer_vectors(ps.file, first, width, c.n_layers);
         for (const SiteRef& site : sites) {
             std::vector<float> v;
             if (!vecs.shared.empty()) {
                 v = vecs.shared;
             } else if (site.layer < 0) {
-                fail(p.file, "holds per-layer vectors; {} is not a block site", site.name());
+                fail(ps.file, "holds per-layer vectors; {} is not a block site", site.name());
             } else if (vecs.per_layer[size_t(site.layer)].empty()) {
-                if (p.site.find('*') != std::string::npos) continue;  // control vector without this layer
-                fail(p.file, "has no vector for layer {} (direction.{})", site.layer, site.layer);
+                if (ps.wildcard) continue;  // control vector without this layer
+                fail(ps.file, "has no vector for layer {} (direction.{})", site.layer, site.layer);
             } else {
                 v = vecs.per_layer[size_t(site.layer)];
             }
-            s.add_vector(m, site, op, std::move(v), alpha, sel, p.file);
+            s.add_vector(m, site, op, std::move(v), alpha, sel, ps.file);
             s.items_.back().spec = spec;
         }
     }

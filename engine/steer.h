@@ -27,6 +27,20 @@ const char* steer_op_name(SteerOp op);
 
 class SafetensorsFile;
 
+// One --steer SPEC (SITE:OP:FILE[:ALPHA][@POSITIONS]) parsed and resolved against a model's
+// config, without opening FILE. Throws stitch::Error ("--steer: ...") for a malformed spec, an
+// unknown site or operation, a layer out of range, a non-finite alpha or a bad selector.
+struct SteerSpec {
+    std::string spec;             // as written
+    std::vector<SiteRef> sites;   // one, or every layer for blocks.*.SITE
+    bool wildcard = false;        // SITE had a '*'
+    SteerOp op = SteerOp::Add;
+    std::string file;
+    float alpha = 1.0f;
+    PositionSelector sel;
+};
+SteerSpec parse_steer_spec(const std::string& spec, const ModelConfig& c);
+
 // One intervention at one (site, layer).
 struct SteerItem {
     std::string spec;  // as the user wrote it (for messages)

@@ -113,7 +113,12 @@ RopeConfig parse_rope(const Fields& f, const json* rp, double theta, const char*
         r.factor = f.get_num(*rp, "factor", std::nullopt);
         r.low_freq_factor = f.get_num(*rp, "low_freq_factor", std::nullopt);
         r.high_freq_factor = f.get_num(*rp, "high_freq_factor", std::nullopt);
-        r.original_max_position = int(f.get_num(*rp, "original_max_position_embeddings", std::nullopt));
+        // checked before the conversion to int (a double outside int's range is undefined behaviour there)
+        const double omp = f.get_num(*rp, "original_max_position_embeddings", std::nullopt);
+        if (!(omp >= 1 && omp <= double(1 << 30)))
+            fail(f.file, "{}: original_max_position_embeddings {} is out of range [1, {}]", what, omp, 1 << 30);
+        r.original_max_position = int(omp);
+        if (!(r.low_freq_factor > 0)) fail(f.file, "{}: low_freq_factor must be positive", what);
         if (r.high_freq_factor <= r.low_freq_factor || r.original_max_position <= 0)
             fail(f.file, "llama3 rope scaling needs high_freq_factor > low_freq_factor and a positive context");
     } else {

@@ -17,6 +17,11 @@ SpmModel::SpmModel(std::string_view serialized, const std::string& source)
         fail(source, "not a SentencePiece model: {}", e.what());
     }
     if (proto_.pieces.empty()) fail(source, "not a SentencePiece model: no pieces");
+    // libsentencepiece stores pieces in a Darts trie, which throws on a NUL byte from a place
+    // where C++ exceptions cannot pass (std::terminate): refuse such models here.
+    for (size_t i = 0; i < proto_.pieces.size(); ++i)
+        if (proto_.pieces[i].piece.find('\0') != std::string::npos)
+            fail(source, "piece {} contains a NUL byte (SentencePiece cannot load it)", i);
     auto st = sp_->LoadFromSerializedProto(serialized);
     if (!st.ok()) fail(source, "SentencePiece rejects the model: {}", st.ToString());
 }

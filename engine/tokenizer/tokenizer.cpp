@@ -311,6 +311,9 @@ void TokenizerImpl::split_added(std::string_view s, const TokenTrie& trie,
         if (b > a) out.emplace_back(std::string(s.substr(a, b - a)), id);
     };
     size_t start_offset = 0;
+    // [ws_from, ws_to): a run of white space ending at a non-space (or the end) already scanned by
+    // rstrip, so that tokens whose content is itself white space cannot make the scans quadratic.
+    size_t ws_from = 1, ws_to = 0;
     for (const auto& m : matches) {
         const AddedToken& tok = added[static_cast<size_t>(m.value)];
         size_t start = m.start, stop = m.end;
@@ -330,9 +333,10 @@ void TokenizerImpl::split_added(std::string_view s, const TokenTrie& trie,
             if (!start_space || !stop_space) continue;
         }
         if (tok.lstrip) {
-            // Start of the run of white space that ends at `start`.
+            // Start of the run of white space that ends at `start` (HF then takes the later of it and
+            // start_offset, so the scan stops there: linear overall).
             size_t newstart = start;
-            while (newstart > 0) {
+            while (newstart > start_offset) {
                 size_t k = newstart - 1;
                 while (k > 0 && (static_cast<unsigned char>(s[k]) & 0xC0) == 0x80) --k;
                 size_t kk = k;
@@ -342,10 +346,16 @@ void TokenizerImpl::split_added(std::string_view s, const TokenTrie& trie,
             start = std::max(newstart, start_offset);
         }
         if (tok.rstrip) {
-            while (stop < s.size()) {
-                size_t kk = stop;
-                if (!is_white_space(next_cp(s, kk))) break;
-                stop = kk;
+            if (stop >= ws_from && stop <= ws_to) {
+                stop = ws_to;
+            } else {
+                ws_from = stop;
+                while (stop < s.size()) {
+                    size_t kk = stop;
+                    if (!is_white_space(next_cp(s, kk))) break;
+                    stop = kk;
+                }
+                ws_to = stop;
             }
         }
         if (start_offset < start) push(start_offset, start, -1);
@@ -919,7 +929,12 @@ void load_post_processor(TokenizerImpl& t, const json& p, const std::string& fil
             const json& ids = need(*it, "ids", "post_processor special token " + name, file);
             if (!ids.is_array()) fail(file, "post_processor special token {}: \"ids\" must be an array", name);
             TemplateItem item;
-            for (const json& v : ids) item.ids.push_back(checked_id(v, "post_processor special token " + name, file));
+            for (const json& v : ids) {
+                item.ids.push_back(checked_id(v, "post_processor special token " + name, file));
+                // encode() emits these ids as they are (like HF), so vocab_size() must cover them: a
+                // model whose embedding has no row for one is then refused at load.
+                t.max_id = std::max(t.max_id, item.ids.back());
+            }
             items.push_back(std::move(item));
         } else {
             fail(file, "post_processor TemplateProcessing: unknown template piece {}", piece.dump());
@@ -1382,7 +1397,10 @@ std::string Tokenizer::decode(std::span<const int32_t> ids, bool skip_special) c
             continue;  // unknown id: HF skips it
         }
         if (skip_special && im.special_contents.find(s) != im.special_contents.end()) continue;
-        tokens.emplace_back(s);
+        // tokenizer.json tokens are valid UTF-8 (JSON strings); SentencePiece pieces need not be,
+        // and the decoders (PCRE2 in Replace, code-point walks in Strip) assume it.
+        if (im.spm && !tok::is_valid_utf8(s)) tokens.push_back(tok::repair_utf8(s));
+        else tokens.emplace_back(s);
     }
     if (!im.has_decoder) {
         std::string out;

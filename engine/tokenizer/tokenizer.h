@@ -36,6 +36,8 @@
 // so encode(bytes) == HF encode(bytes.decode("utf-8", "replace")).
 // decode() turns byte-level tokens back into bytes and repairs the result the same way (Rust's
 // String::from_utf8_lossy), so decoding a partial multi-byte character yields U+FFFD, like HF.
+// A SentencePiece piece that is not valid UTF-8 (the protobuf holds bytes) is repaired the same way
+// before the decoders run, so decode() always returns valid UTF-8.
 //
 // Thread safety: a loaded Tokenizer is immutable apart from an internal, mutex-protected word
 // cache; encode/decode may be called from several threads. Copies share the loaded tables.
@@ -107,7 +109,7 @@ struct Tokenizer {
     std::string token_text(int32_t id) const;
     // Added-token or vocab lookup of a raw token string.
     std::optional<int32_t> token_id(std::string_view token) const;
-    // max id + 1 over vocab and added tokens
+    // max id + 1 over vocab, added tokens and the post-processor's special-token ids (every id encode() can give)
     int32_t vocab_size() const;
     // From tokenizer_config.json (bos_token/eos_token/pad_token as a string or {"content": ...}),
     // resolved to ids. A named token that does not exist is an error naming the config file.

@@ -24,7 +24,9 @@ namespace stitch::fuzz {
 // The folder for this process's scratch files, created once, removed at exit.
 inline const std::filesystem::path& scratch_dir() {
     static const std::filesystem::path dir = [] {
-        const char* base = std::getenv("TMPDIR");
+        // Memory-backed /dev/shm when there is one: a file write per input on disk is ~30x slower.
+        const char* base = std::getenv("STITCH_FUZZ_TMP");
+        if (!(base && *base)) base = std::filesystem::is_directory("/dev/shm") ? "/dev/shm" : std::getenv("TMPDIR");
         std::filesystem::path d = std::filesystem::path(base && *base ? base : "/tmp") /
                                   ("stitch-fuzz-" + std::to_string(::getpid()));
         std::filesystem::create_directories(d);
