@@ -1,5 +1,7 @@
 #include "engine/sites.h"
 
+#include <algorithm>
+
 #include <charconv>
 #include <set>
 #include <utility>
@@ -120,6 +122,12 @@ std::vector<char> match_mask(const Tokenizer& tok, std::span<const int32_t> ids,
     // (rather than single tokens) keeps multi-byte characters split across tokens and the
     // decoders' context rules (SentencePiece's leading-space strip) exactly as in the full text.
     const size_t n = ids.size();
+    // Decoding every prefix costs O(n²) token decodes: bounded, so a huge prompt fails at once
+    // instead of appearing to hang (2·10⁸ token decodes, a few seconds, at the limit).
+    constexpr size_t kMaxMatchTokens = size_t(1) << 14;
+    if (n > kMaxMatchTokens)
+        fail("--positions", "match= needs the prompt's text position of every token; a prompt of {} tokens is past the "
+             "limit of {} (select positions by index instead)", n, kMaxMatchTokens);
     std::vector<size_t> start(n + 1, 0);
     for (size_t k = 1; k <= n; ++k) start[k] = std::max(start[k - 1], tok.decode(ids.first(k)).size());
     const std::string full = tok.decode(ids);
@@ -127,8 +135,10 @@ std::vector<char> match_mask(const Tokenizer& tok, std::span<const int32_t> ids,
     if (text.empty()) return mask;
     for (size_t at = full.find(text); at != std::string::npos; at = full.find(text, at + 1)) {
         const size_t end = at + text.size();
-        for (size_t k = 0; k < n; ++k)
-            if (start[k + 1] > start[k] && start[k] < end && start[k + 1] > at && !tok.is_special(ids[k])) mask[k] = 1;
+        // start[] is non-decreasing: the first token ending past `at`, then every token starting before `end`
+        size_t k = size_t(std::upper_bound(start.begin() + 1, start.end(), at) - start.begin()) - 1;
+        for (; k < n && start[k] < end; ++k)
+            if (start[k + 1] > start[k] && start[k + 1] > at && !tok.is_special(ids[k])) mask[k] = 1;
     }
     return mask;
 }

@@ -20,6 +20,7 @@
 #include "engine/lora.h"
 #include "engine/model.h"
 #include "engine/safetensors.h"
+#include "engine/sites.h"
 #include "test_util.h"
 
 using namespace stitch;
@@ -214,4 +215,31 @@ TEST_CASE("hardening: SIGINT or SIGTERM mid-capture says where it stopped and le
         std::filesystem::remove(dir / "err.txt");
         CHECK(std::distance(std::filesystem::directory_iterator(dir.path), {}) == 1);  // p.jsonl only
     }
+}
+
+TEST_CASE("hardening: --positions match= is exact for many matches and refuses prompts past its token limit") {
+    const Model m = load_model(test::fixture("models/llama_tied"));
+    const Tokenizer& tok = m.tokenizer;
+    std::string text;
+    std::mt19937 rng(9);
+    const char* words[] = {"ab", "ba", "aab", "b a", "the", "|prod|", "é", "中"};
+    for (int i = 0; i < 200; ++i) text += words[rng() % 8];
+    const auto ids = tok.encode(text, true);
+    // Reference: every token's character span from prefix decodes, every occurrence, every token.
+    std::vector<size_t> start(ids.size() + 1, 0);
+    for (size_t k = 1; k <= ids.size(); ++k)
+        start[k] = std::max(start[k - 1], tok.decode(std::span<const int32_t>(ids).first(k)).size());
+    const std::string full = tok.decode(ids);
+    for (const std::string needle : {"a", "ab", "b a", "|prod|", "中", "zz"}) {
+        CAPTURE(needle);
+        std::vector<char> want(ids.size(), 0);
+        for (size_t at = full.find(needle); at != std::string::npos; at = full.find(needle, at + 1))
+            for (size_t k = 0; k < ids.size(); ++k)
+                if (start[k + 1] > start[k] && start[k] < at + needle.size() && start[k + 1] > at && !tok.is_special(ids[k]))
+                    want[k] = 1;
+        CHECK(match_mask(tok, ids, needle) == want);
+    }
+    const std::vector<int32_t> huge(size_t(1) << 15, ids[1]);
+    CHECK_THROWS_WITH_AS(match_mask(tok, huge, "a"), doctest::Contains("a prompt of 32768 tokens is past the limit of 16384"),
+                         Error);
 }
