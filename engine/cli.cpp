@@ -669,6 +669,13 @@ int cmd_help(int argc, char** argv) {
     return 0;
 }
 
+// An error message as one line, whatever bytes a file or argument put into it: control bytes escaped.
+std::string one_line(std::string_view msg) {
+    std::string line;
+    for (unsigned char ch : msg) line += ch < 0x20 || ch == 0x7f ? fmt::format("\\x{:02x}", ch) : std::string(1, char(ch));
+    return line;
+}
+
 }  // namespace
 
 int run_cli(int argc, char** argv) {
@@ -696,13 +703,13 @@ int run_cli(int argc, char** argv) {
         fail(cmd, "unknown subcommand (see `stitch help`)");
     } catch (const Error& e) {
         std::cout.flush();
-        std::cerr << "stitch: error: " << e.what() << "\n";
+        std::cerr << "stitch: error: " << one_line(e.what()) << "\n";
         return 2;
     } catch (const std::bad_alloc&) {
         std::cerr << "stitch: error: out of memory\n";
         return 2;
     } catch (const std::exception& e) {
-        std::cerr << "stitch: error: " << e.what() << "\n";
+        std::cerr << "stitch: error: " << one_line(e.what()) << "\n";
         return 2;
     }
 }

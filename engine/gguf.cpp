@@ -17,6 +17,7 @@
 #include <limits>
 
 #include "engine/error.h"
+#include "engine/interrupt.h"
 #include "kernels/cpu/dequant.h"
 
 namespace stitch {
@@ -76,6 +77,11 @@ constexpr uint64_t kMaxTensors = 1u << 20;
 constexpr uint64_t kMaxString = 1ull << 30;
 constexpr uint64_t kMaxArray = 1ull << 32;
 constexpr int kMaxArrayDepth = 8;
+// Array elements in all metadata values together. Each decoded element takes ~40 bytes however
+// few it took in the file (a uint8 takes 1), so this bounds what metadata can make stitch
+// allocate (~1.3 GB); the largest real vocabularies (262k tokens, with scores, types and
+// merges) hold about a million.
+constexpr uint64_t kMaxMetadataElements = 1ull << 25;
 constexpr uint64_t kDefaultAlignment = 32;
 
 enum ValueType : uint32_t {
@@ -106,6 +112,7 @@ struct Reader {
     uint64_t size;
     const std::string& path;
     uint64_t pos = 0;
+    uint64_t elements = 0;  // array elements decoded so far (kMaxMetadataElements)
 
     uint64_t left() const { return size - pos; }
 
@@ -160,6 +167,10 @@ GGUFValue read_value(Reader& r, uint32_t type, const std::string& what, int dept
             if (n * min_value_bytes(et) > r.left())
                 fail(r.path, "{} at offset {}: array of {} {} values runs past the end of the file ({} bytes left)",
                      what, at, n, value_type_name(et), r.left());
+            r.elements += n;
+            if (r.elements > kMaxMetadataElements)
+                fail(r.path, "{} at offset {}: metadata arrays hold more than {} values in all (limit)", what, at,
+                     kMaxMetadataElements);
             GGUFValue::Array a;
             a.reserve(size_t(n));
             for (uint64_t i = 0; i < n; ++i) a.push_back(read_value(r, et, what, depth + 1));
@@ -324,6 +335,9 @@ GGUFFile::GGUFFile(const std::filesystem::path& path) {
     if (!impl->tensors.empty() && impl->data_start > file_size)
         fail(p, "tensor data section would start at offset {}, past the end of the file ({} bytes)", impl->data_start,
              file_size);
+    // No tensors and no padding after the metadata: the (empty) data section is the file's end,
+    // so data_offset() never points past the file (file_fingerprint hashes bytes up to it).
+    impl->data_start = std::min(impl->data_start, file_size);
     for (const auto& t : impl->tensors) {
         if (t.offset % a != 0)
             fail(p, "tensor '{}': data offset {} is not a multiple of the alignment {}", t.name, t.offset, a);
@@ -522,6 +536,7 @@ void write_gguf(const std::filesystem::path& path, const std::vector<std::pair<s
         while (o.bytes.size() % kAlign) o.bytes += char(0);
     }
     const std::string tmp = path.string() + ".tmp";
+    interrupt::TempFile guard(tmp);  // removed if the run is interrupted before the rename
     std::FILE* f = std::fopen(tmp.c_str(), "wb");
     if (!f) fail(path.string(), "cannot open for writing");
     bool ok = std::fwrite(o.bytes.data(), 1, o.bytes.size(), f) == o.bytes.size();

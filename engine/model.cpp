@@ -4,7 +4,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <string_view>
 
 #include "engine/error.h"
 #include "engine/gguf.h"
@@ -112,7 +115,7 @@ std::string file_fingerprint(const std::filesystem::path& file) {
     auto b = f.bytes();
     size_t n = b.size();
     if (n >= 8 && std::memcmp(b.data(), "GGUF", 4) == 0) {
-        n = size_t(GGUFFile(file).data_offset());
+        n = size_t(std::min<uint64_t>(n, GGUFFile(file).data_offset()));
     } else if (file.extension() == ".safetensors" && n >= 8) {
         uint64_t len = 0;
         for (int i = 0; i < 8; ++i) len |= uint64_t(b[size_t(i)]) << (8 * i);
@@ -129,6 +132,74 @@ std::string combine_fingerprints(const std::vector<std::string>& parts) {
     return fmt::format("fnv1a64:{:016x}", h);
 }
 
+namespace {
+
+// a * b and a + b, saturating at UINT64_MAX.
+uint64_t sat_mul(uint64_t a, uint64_t b) {
+    uint64_t r;
+    return __builtin_mul_overflow(a, b, &r) ? UINT64_MAX : r;
+}
+uint64_t sat_add(uint64_t a, uint64_t b) {
+    uint64_t r;
+    return __builtin_add_overflow(a, b, &r) ? UINT64_MAX : r;
+}
+uint64_t dim(int v) { return v > 0 ? uint64_t(v) : 0; }
+
+}  // namespace
+
+uint64_t model_f32_bytes(const ModelConfig& c) {
+    const uint64_t d = dim(c.hidden), q = sat_mul(dim(c.n_heads), dim(c.head_dim)),
+                   kv = sat_mul(dim(c.n_kv_heads), dim(c.head_dim)), I = dim(c.intermediate), V = dim(c.vocab_size);
+    const uint64_t qkv = sat_add(q, sat_mul(2, kv));
+    // Per layer: q/k/v, o, gate+up, down, up to four norms, optional biases and q/k norms.
+    uint64_t layer = sat_mul(qkv, d);
+    layer = sat_add(layer, sat_mul(d, q));
+    layer = sat_add(layer, sat_mul(sat_mul(2, I), d));
+    layer = sat_add(layer, sat_mul(d, I));
+    layer = sat_add(layer, sat_mul(4, d));
+    if (c.qkv_bias) layer = sat_add(layer, qkv);
+    if (c.o_bias) layer = sat_add(layer, d);
+    if (c.mlp_bias) layer = sat_add(layer, sat_add(sat_mul(2, I), d));
+    if (c.qk_norm) layer = sat_add(layer, sat_mul(2, dim(c.head_dim)));
+    uint64_t n = sat_mul(layer, dim(c.n_layers));
+    n = sat_add(n, sat_mul(V, d));                         // embedding
+    if (!c.tied_embeddings) n = sat_add(n, sat_mul(V, d));  // lm_head
+    n = sat_add(n, d);                                      // final norm
+    return sat_mul(n, sizeof(float));
+}
+
+std::optional<uint64_t> available_memory_bytes() {
+    std::FILE* f = std::fopen("/proc/meminfo", "r");
+    if (!f) return std::nullopt;
+    char line[256];
+    std::optional<uint64_t> avail, swap;
+    while (std::fgets(line, sizeof line, f)) {
+        unsigned long long kb = 0;
+        if (std::sscanf(line, "MemAvailable: %llu kB", &kb) == 1) avail = sat_mul(kb, 1024);
+        else if (std::sscanf(line, "SwapFree: %llu kB", &kb) == 1) swap = sat_mul(kb, 1024);
+    }
+    std::fclose(f);
+    if (!avail) return std::nullopt;
+    return sat_add(*avail, swap.value_or(0));
+}
+
+void check_memory_fits(const std::string& file, uint64_t needed, uint64_t available) {
+    if (needed <= available) return;
+    constexpr double kGiB = double(1ull << 30);
+    fail(file,
+         "loading needs {:.1f} GiB of memory for the float32 weights but only {:.1f} GiB is available "
+         "(MemAvailable + SwapFree); set STITCH_NO_MEMORY_CHECK=1 to try anyway",
+         double(needed) / kGiB, double(available) / kGiB);
+}
+
+void check_model_memory(const std::string& file, const ModelConfig& c) {
+    // STITCH_NO_MEMORY_CHECK=1: skip the check (documented in engine/model.h).
+    if (const char* e = std::getenv("STITCH_NO_MEMORY_CHECK"); e && std::string_view(e) == "1") return;
+    const auto avail = available_memory_bytes();
+    if (!avail) return;  // no /proc/meminfo (not Linux): nothing to compare with
+    check_memory_fits(file, model_f32_bytes(c), *avail);
+}
+
 Model load_model(const std::filesystem::path& path) {
     if (!std::filesystem::exists(path)) fail(path.string(), "no such file or folder");
     if (!std::filesystem::is_directory(path)) return load_gguf_model(path);
@@ -142,6 +213,7 @@ Model load_model(const std::filesystem::path& path) {
     WeightFiles files(path);
     m.weight_dtypes = files.dtype_summary();
     const HfWeightNames names = hf_weight_names(files);
+    check_model_memory(m.path, c);  // before any weight is converted
     Loader ld{files, c};
     const int64_t d = c.hidden, q = c.q_dim(), kv = c.kv_dim(), I = c.intermediate, V = c.vocab_size;
     Weights& w = m.weights;

@@ -1,6 +1,8 @@
 // A loaded model: config, float32 weights (converted from any stored dtype at load), tokenizer.
 #pragma once
+#include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -54,6 +56,21 @@ struct Model {
 // Throws stitch::Error naming the file.
 Model load_model(const std::filesystem::path& path);
 Model load_gguf_model(const std::filesystem::path& path);
+
+// Memory guard. Loading converts every weight to float32, so a model needs about
+// model_f32_bytes(config) of memory however it is stored (a Q4 GGUF grows ~7x). Before any
+// weight is converted, load_model / load_gguf_model compare that with available_memory_bytes()
+// and refuse with "<file>: the model needs X GiB ... only Y GiB available" instead of being
+// killed by the kernel's OOM killer halfway through. STITCH_NO_MEMORY_CHECK=1 in the
+// environment skips the check (e.g. where /proc/meminfo understates what can be used).
+// Saturates at UINT64_MAX instead of overflowing for absurd configs.
+uint64_t model_f32_bytes(const ModelConfig& c);
+// MemAvailable + SwapFree from /proc/meminfo, in bytes; nullopt when it cannot be read.
+std::optional<uint64_t> available_memory_bytes();
+// Throws stitch::Error naming `file` when `needed` > `available` (bytes). Testable on its own;
+// the loaders call check_model_memory, which reads the environment and /proc/meminfo.
+void check_memory_fits(const std::string& file, uint64_t needed, uint64_t available);
+void check_model_memory(const std::string& file, const ModelConfig& c);
 
 // FNV-1a 64 fingerprint of a file, as 16 hex digits: safetensors → its header and size, GGUF →
 // everything before the tensor data and its size, anything else → its whole content.

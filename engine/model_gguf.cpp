@@ -23,6 +23,7 @@ Model load_gguf_model(const std::filesystem::path& path) {
         if (auto id = m.tokenizer.token_id(marker); id && m.tokenizer.is_special(*id) &&
                                                     std::find(m.config.eos_ids.begin(), m.config.eos_ids.end(), *id) == m.config.eos_ids.end())
             m.config.eos_ids.push_back(*id);
+    check_model_memory(m.path, m.config);  // before any weight is dequantized
     m.weights = gguf_model_weights(f, m.config);
     m.weight_dtypes = f.type_summary();
     m.inv_freq = gguf_layer_inv_freq(f, m.config);

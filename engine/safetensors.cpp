@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/error.h"
+#include "engine/interrupt.h"
 
 namespace stitch {
 
@@ -19,7 +20,9 @@ std::string TensorInfo::shape_str() const {
 
 bool convert_to_f32(DType t, const void* src, float* dst, size_t n) {
     switch (t) {
-        case DType::F32: std::memcpy(dst, src, n * 4); return true;
+        case DType::F32:
+            if (n) std::memcpy(dst, src, n * 4);  // an empty tensor's buffers may be null
+            return true;
         case DType::F16: {
             auto* s = static_cast<const uint8_t*>(src);
             for (size_t i = 0; i < n; ++i) {
@@ -51,8 +54,50 @@ bool convert_to_f32(DType t, const void* src, float* dst, size_t n) {
     }
 }
 
-// Header sizes beyond this are refused before parsing: real headers are a few MB at most.
-static constexpr uint64_t kMaxHeaderBytes = 256ull << 20;
+// Header sizes beyond this are refused before parsing: real headers are a few MB at most
+// (the reference implementation's limit is the same 100 MB).
+static constexpr uint64_t kMaxHeaderBytes = 100'000'000;
+// A header is {"name": {"dtype": .., "shape": [..], "data_offsets": [a, b]}, "__metadata__": {..}}:
+// values nest at most 3 deep (the top object is depth 0) and the arrays there hold at most 8
+// dimensions or 2 offsets. Anything deeper or longer is refused while parsing, so a crafted
+// header cannot make the JSON tree far bigger than the file.
+static constexpr int kMaxHeaderDepth = 3;
+static constexpr size_t kMaxInnerValues = 64;
+// Index files (model.safetensors.index.json) are about 100 bytes per tensor.
+static constexpr uint64_t kMaxIndexBytes = 100'000'000;
+
+namespace {
+
+// A name from a file, for a one-line message: control bytes (NUL, newline, ...) as \xNN.
+std::string printable(const std::string& s) {
+    std::string out;
+    for (unsigned char c : s) {
+        if (c < 0x20 || c == 0x7f) out += fmt::format("\\x{:02x}", c);
+        else out += char(c);
+    }
+    return out;
+}
+
+// Parses a safetensors header, refusing deep nesting and long inner arrays as it goes.
+json parse_header(const std::string& p, const uint8_t* begin, const uint8_t* end) {
+    size_t inner = 0;  // values in the current depth-3 container
+    auto guard = [&](int depth, json::parse_event_t ev, json&) {
+        if (depth > kMaxHeaderDepth) fail(p, "header nests JSON deeper than a safetensors header does");
+        if (depth == kMaxHeaderDepth - 1 && (ev == json::parse_event_t::array_start || ev == json::parse_event_t::object_start))
+            inner = 0;
+        if (depth == kMaxHeaderDepth && (ev == json::parse_event_t::value || ev == json::parse_event_t::key) &&
+            ++inner > kMaxInnerValues)
+            fail(p, "header has an array or object of more than {} values inside a tensor entry", kMaxInnerValues);
+        return true;
+    };
+    try {
+        return json::parse(begin, end, guard);
+    } catch (const json::exception& e) {
+        fail(p, "header is not valid JSON ({})", e.what());
+    }
+}
+
+}  // namespace
 
 SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : file_(path) {
     const std::string& p = file_.path();
@@ -67,12 +112,7 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : file_(path
     data_start_ = 8 + size_t(header_len);
     const size_t data_size = bytes.size() - data_start_;
 
-    json header;
-    try {
-        header = json::parse(bytes.begin() + 8, bytes.begin() + 8 + long(header_len));
-    } catch (const json::exception& e) {
-        fail(p, "header is not valid JSON ({})", e.what());
-    }
+    json header = parse_header(p, bytes.data() + 8, bytes.data() + 8 + header_len);
     if (!header.is_object()) fail(p, "header is not a JSON object");
 
     for (auto it = header.begin(); it != header.end(); ++it) {
@@ -114,7 +154,12 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : file_(path
         if (end > data_size)
             fail(p, "tensor '{}': data_offsets [{}, {}] run past the end of the data ({} bytes)", name, begin, end,
                  data_size);
-        uint64_t expect = numel * dtype_size(t.dtype);
+        // numel <= 2^62, but times a 4- or 8-byte dtype it can still wrap (to 0 for [2^61] F64,
+        // which then matched data_offsets [0, 0]).
+        uint64_t expect = 0;
+        if (__builtin_mul_overflow(numel, uint64_t(dtype_size(t.dtype)), &expect))
+            fail(p, "tensor '{}': {} {} has {} elements, whose byte count overflows 64 bits", name, dtype_name(t.dtype),
+                 t.shape_str(), numel);
         if (end - begin != expect)
             fail(p, "tensor '{}': {} {} needs {} bytes but data_offsets give {}", name, dtype_name(t.dtype),
                  t.shape_str(), expect, end - begin);
@@ -158,7 +203,7 @@ std::vector<int32_t> SafetensorsFile::to_i32(const TensorInfo& t) const {
     std::vector<int32_t> out(static_cast<size_t>(t.numel()));
     auto d = data(t);
     if (t.dtype == DType::I32) {
-        std::memcpy(out.data(), d.data(), d.size());
+        if (!d.empty()) std::memcpy(out.data(), d.data(), d.size());  // an empty tensor's buffers may be null
     } else if (t.dtype == DType::I64) {
         for (size_t i = 0; i < out.size(); ++i) {
             int64_t v;
@@ -177,10 +222,13 @@ WeightFiles::WeightFiles(const std::filesystem::path& dir) {
     auto index = dir / "model.safetensors.index.json";
     if (std::filesystem::exists(index)) {
         origin_ = index.string();
-        std::ifstream in(index);
+        // Mapped (not streamed) so its size is known, and refused when implausibly large, before parsing.
+        MappedFile text(index);
+        if (text.size() > kMaxIndexBytes)
+            fail(origin_, "{} bytes is implausibly large for a shard index (limit {})", text.size(), kMaxIndexBytes);
         json j;
         try {
-            j = json::parse(in);
+            j = json::parse(text.bytes().begin(), text.bytes().end());
         } catch (const json::exception& e) {
             fail(origin_, "not valid JSON ({})", e.what());
         }
@@ -190,8 +238,10 @@ WeightFiles::WeightFiles(const std::filesystem::path& dir) {
         for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
             if (!it.value().is_string()) fail(origin_, "weight_map entry '{}' is not a file name", it.key());
             std::string shard = it.value().get<std::string>();
-            if (shard.find('/') != std::string::npos || shard == ".." || shard.empty())
-                fail(origin_, "weight_map entry '{}' names '{}', which is not a file in the folder", it.key(), shard);
+            if (shard.find('/') != std::string::npos || shard.find('\0') != std::string::npos || shard == ".." ||
+                shard == "." || shard.empty())
+                fail(origin_, "weight_map entry '{}' names '{}', which is not a file in the folder", printable(it.key()),
+                     printable(shard));
             auto sit = shard_index.find(shard);
             if (sit == shard_index.end()) {
                 if (!std::filesystem::exists(dir / shard))
@@ -251,6 +301,7 @@ void write_safetensors(const std::filesystem::path& path, const std::vector<Tens
     while (h.size() % 8) h += ' ';
     std::filesystem::path tmp = path;
     tmp += ".tmp";
+    interrupt::TempFile guard(tmp.string());  // removed if the run is interrupted before the rename
     {
         std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
         if (!out) fail(tmp.string(), "cannot open for writing");

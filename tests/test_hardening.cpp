@@ -243,3 +243,10 @@ TEST_CASE("hardening: --positions match= is exact for many matches and refuses p
     CHECK_THROWS_WITH_AS(match_mask(tok, huge, "a"), doctest::Contains("a prompt of 32768 tokens is past the limit of 16384"),
                          Error);
 }
+
+TEST_CASE("hardening: an error message stays one line whatever bytes a name holds") {
+    auto r = test::run_stitch("inspect \"$(printf '/nonexistent/a\\nb\\tc')\"");
+    CHECK(r.status == 2);
+    CHECK(test::count_lines(r.err) == 1);
+    CHECK(r.err == "stitch: error: /nonexistent/a\\x0ab\\x09c: no such file or folder\n");
+}
