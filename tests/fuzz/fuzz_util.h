@@ -18,6 +18,7 @@
 #include <string_view>
 
 #include "engine/error.h"
+#include "models/hf.h"
 
 namespace stitch::fuzz {
 
@@ -48,6 +49,19 @@ inline std::filesystem::path write_file(const std::string& name, const uint8_t* 
     f.close();
     if (!f) std::abort();  // the scratch disk is full: not a finding in stitch
     return p;
+}
+
+// The llama_tied fixture's config (3 layers): what the CLI-spec harnesses parse against.
+inline const ModelConfig& fixture_config() {
+    static const ModelConfig c = load_hf_config(std::filesystem::path(STITCH_SOURCE_DIR) / "tests/fixtures/models/llama_tied");
+    return c;
+}
+
+// Aborts (a finding) unless every site names a layer the config has (-1: embed, final_norm, logits).
+template <typename Sites>
+inline void require_layers_in_range(const Sites& sites, const ModelConfig& c) {
+    for (const auto& r : sites)
+        if (r.layer < -1 || r.layer >= c.n_layers) std::abort();
 }
 
 inline std::string_view as_text(const uint8_t* data, size_t size) {
