@@ -204,3 +204,54 @@ TEST_CASE("ops: attention of packed sequences with cached prefixes, GQA, windows
         }
     }
 }
+
+#include "kernels/cpu/ops_cpu.h"
+
+TEST_CASE("ops: steering row ops, argmax and bf16 rounding (CPU twins of the CUDA ops)") {
+    // three rows of 4; rows 2 and 0 selected, row 1 must stay as it is
+    const std::vector<float> x = {1, 2, 3, 6, 7, 7, 7, 7, 4, 8, -4, 0};
+    const std::vector<int32_t> rows = {2, 0};
+
+    auto a = x;
+    const std::vector<float> v = {1, 2, 3, 4};
+    cpu::add_rows(a.data(), 4, rows.data(), 2, v.data(), 0.5f);
+    CHECK(a == std::vector<float>{1.5f, 3, 4.5f, 8, 7, 7, 7, 7, 4.5f, 9, -2.5f, 2});
+
+    // u = (1/2, 1/2, 1/2, 1/2) is a unit vector with exact components: row 0 · u = 6, row 2 · u = 4
+    const std::vector<float> u = {0.5f, 0.5f, 0.5f, 0.5f};
+    auto b = x;
+    cpu::ablate_rows(b.data(), 4, rows.data(), 2, u.data(), 0.5f);
+    CHECK(b == std::vector<float>{-0.5f, 0.5f, 1.5f, 4.5f, 7, 7, 7, 7, 3, 7, -5, -1});
+    b = x;
+    cpu::ablate_rows(b.data(), 4, rows.data(), 2, u.data(), 1.0f);  // alpha 1 removes the component
+    CHECK(b == std::vector<float>{-2, -1, 0, 3, 7, 7, 7, 7, 2, 6, -6, -2});
+
+    // src row i goes to rows[i]: row 2 gets src row 0, row 0 gets src row 1
+    const std::vector<float> src = {8, 0, 4, 4, 2, 2, 2, 2};
+    auto c = x;
+    cpu::replace_rows(c.data(), 4, rows.data(), 2, src.data(), 0.25f);
+    CHECK(c == std::vector<float>{1.25f, 2, 2.75f, 5, 7, 7, 7, 7, 5, 6, -2, 1});
+    c = x;
+    cpu::replace_rows(c.data(), 4, rows.data(), 2, src.data(), 1.0f);
+    CHECK(c == std::vector<float>{2, 2, 2, 2, 7, 7, 7, 7, 8, 0, 4, 4});
+
+    // first maximum wins; an all -inf row gives 0
+    const std::vector<float> logits = {1, 3, 3, 2, -INFINITY, -INFINITY, -INFINITY, -INFINITY, 0, 0, 0, 5};
+    std::vector<int32_t> best(3);
+    cpu::argmax_rows(best.data(), logits.data(), 3, 4);
+    CHECK(best == std::vector<int32_t>{1, 0, 3});
+
+    // bf16 keeps 8 significant bits: near 1 the spacing is 2^-7, so 2^-8 is a tie
+    CHECK(cpu::round_bf16(1.0f) == 1.0f);
+    CHECK(cpu::round_bf16(1.0f + 0x1p-9f) == 1.0f);                   // below half a step: down
+    CHECK(cpu::round_bf16(1.0f + 3 * 0x1p-9f) == 1.0f + 0x1p-7f);     // above half a step: up
+    CHECK(cpu::round_bf16(1.0f + 0x1p-8f) == 1.0f);                   // tie: to the even 1.0
+    CHECK(cpu::round_bf16(1.0f + 3 * 0x1p-8f) == 1.0f + 0x1p-6f);     // tie: to the even 1 + 2^-6
+    CHECK(cpu::round_bf16(-1.0f - 0x1p-8f) == -1.0f);
+    CHECK(cpu::round_bf16(3.0f) == 3.0f);
+    CHECK(cpu::round_bf16(65504.0f) == 65536.0f);
+    CHECK(cpu::round_bf16(3.4028235e38f) == INFINITY);  // past the largest bf16: overflows like the hardware
+    CHECK(cpu::round_bf16(-INFINITY) == -INFINITY);
+    CHECK(std::signbit(cpu::round_bf16(-0.0f)));
+    CHECK(std::isnan(cpu::round_bf16(NAN)));
+}

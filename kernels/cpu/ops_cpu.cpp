@@ -221,6 +221,53 @@ void attention(float* out, const float* q, int q_stride, int n_seqs, const int32
     }
 }
 
+void add_rows(float* x, int d, const int32_t* rows, int n_rows, const float* v, float alpha) {
+    for (int i = 0; i < n_rows; ++i) {
+        float* row = x + int64_t(rows[i]) * d;
+        for (int j = 0; j < d; ++j) row[j] += alpha * v[j];
+    }
+}
+
+void ablate_rows(float* x, int d, const int32_t* rows, int n_rows, const float* u, float alpha) {
+    for (int i = 0; i < n_rows; ++i) {
+        float* row = x + int64_t(rows[i]) * d;
+        double dot = 0;
+        for (int j = 0; j < d; ++j) dot += double(row[j]) * u[j];
+        const float f = float(alpha * dot);
+        for (int j = 0; j < d; ++j) row[j] -= f * u[j];
+    }
+}
+
+void replace_rows(float* x, int d, const int32_t* rows, int n_rows, const float* src, float alpha) {
+    for (int i = 0; i < n_rows; ++i) {
+        float* row = x + int64_t(rows[i]) * d;
+        const float* s = src + int64_t(i) * d;
+        if (alpha == 1.0f)
+            std::memcpy(row, s, sizeof(float) * size_t(d));
+        else
+            for (int j = 0; j < d; ++j) row[j] = (1.0f - alpha) * row[j] + alpha * s[j];
+    }
+}
+
+void argmax_rows(int32_t* out, const float* x, int n, int cols) {
+    for (int i = 0; i < n; ++i) {
+        const float* row = x + int64_t(i) * cols;
+        int32_t best = 0;
+        for (int j = 1; j < cols; ++j)
+            if (row[j] > row[best]) best = j;
+        out[i] = best;
+    }
+}
+
+float round_bf16(float x) {
+    uint32_t u = std::bit_cast<uint32_t>(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return std::bit_cast<float>((u | 0x00400000u) & 0xffff0000u);  // quiet NaN
+    // Adding 0x7fff plus the lowest kept bit carries into the kept bits exactly when the dropped
+    // half is above one half, or is one half and the kept value is odd: round to nearest even.
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return std::bit_cast<float>(u & 0xffff0000u);
+}
+
 }  // namespace stitch::cpu
 
 namespace stitch {

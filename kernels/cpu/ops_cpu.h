@@ -55,4 +55,20 @@ void attention(float* out, const float* q, int q_stride, int n_seqs, const int32
                const int32_t* pos0, const float* const* k_base, const float* const* v_base, int kv_stride,
                int n_heads, int n_kv_heads, int head_dim, float scale, int window, float softcap);
 
+// Steering at selected rows of x[*, d] (rows: n_rows distinct row indices), with the arithmetic
+// of engine/steer.cpp so the CUDA twins (kernels/cuda/ops.cuh) have a reference:
+//   add_rows      x[r] += alpha · v
+//   ablate_rows   x[r] -= float(alpha · (x[r] · u)) · u   (dot product in double; u a unit vector)
+//   replace_rows  x[r] = (1 − alpha) · x[r] + alpha · src[i]   (src row i for rows[i]; alpha 1 copies)
+void add_rows(float* x, int d, const int32_t* rows, int n_rows, const float* v, float alpha);
+void ablate_rows(float* x, int d, const int32_t* rows, int n_rows, const float* u, float alpha);
+void replace_rows(float* x, int d, const int32_t* rows, int n_rows, const float* src, float alpha);
+
+// out[i] = the first index of the maximum of row i of x[n, cols] (greedy decoding's rule).
+void argmax_rows(int32_t* out, const float* x, int n, int cols);
+
+// x rounded to the nearest bf16 (ties to even, as __float2bfloat16 does) and widened back:
+// the value a bf16 weight holds, for building references of bf16 GEMMs and embeddings.
+float round_bf16(float x);
+
 }  // namespace stitch::cpu

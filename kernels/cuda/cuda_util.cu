@@ -64,6 +64,7 @@ const CublasApi& cublas() {
         api.set_stream = reinterpret_cast<decltype(api.set_stream)>(sym("cublasSetStream_v2"));
         api.set_math_mode = reinterpret_cast<decltype(api.set_math_mode)>(sym("cublasSetMathMode"));
         api.sgemm = reinterpret_cast<decltype(api.sgemm)>(sym("cublasSgemm_v2"));
+        api.gemm_ex = reinterpret_cast<decltype(api.gemm_ex)>(sym("cublasGemmEx"));
         api.status_string = reinterpret_cast<decltype(api.status_string)>(sym("cublasGetStatusString"));
     });
     if (!error.empty()) throw_error("libcublas.so", error);

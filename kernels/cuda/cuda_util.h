@@ -43,6 +43,10 @@ struct CublasApi {
     decltype(&cublasSetStream_v2) set_stream = nullptr;
     decltype(&cublasSetMathMode) set_math_mode = nullptr;
     decltype(&cublasSgemm_v2) sgemm = nullptr;
+    // Spelled out: cublas_api.h overloads cublasGemmEx with an inline cudaDataType-compute shim.
+    cublasStatus_t (*gemm_ex)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int, const void*,
+                              const void*, cudaDataType, int, const void*, cudaDataType, int, const void*, void*,
+                              cudaDataType, int, cublasComputeType_t, cublasGemmAlgo_t) = nullptr;
     decltype(&cublasGetStatusString) status_string = nullptr;
 };
 const CublasApi& cublas();

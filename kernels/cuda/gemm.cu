@@ -1,0 +1,183 @@
+// y[n, out] = x[n, in] · W[out, in]ᵀ (+ bias) with bf16 W (kernels/cuda/ops.cuh, GemmContext).
+//
+// Decode (n ≤ kSmallRows) is bound by reading W once: a hand-written kernel streams W rows
+// (16-byte vector loads when rows are 16-byte aligned, else scalar), keeps x in f32, and gives
+// each warp kOutPerWarp output features for all n rows so every x value it loads is used
+// kOutPerWarp times from registers. Prefill is compute-bound: x goes to bf16 in the context's
+// scratch and cuBLAS multiplies on the tensor cores with f32 accumulation (CUBLAS_COMPUTE_32F).
+#include <algorithm>
+#include <cstdint>
+
+#include "kernels/cuda/cuda_util.h"
+#include "kernels/cuda/ops.cuh"
+
+namespace stitch::cuda {
+namespace {
+
+constexpr int kGemvWarps = 8;
+constexpr int kOutPerWarp = 4;
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float bf16_bits(unsigned bits) {
+    __nv_bfloat16_raw r;
+    r.x = static_cast<unsigned short>(bits);
+    return __bfloat162float(__nv_bfloat16(r));
+}
+
+// Eight bf16 (one 16-byte load) widened to f32, unpacked from the loaded words with shifts
+// rather than by reading them through another type (which C++ aliasing rules forbid).
+__device__ __forceinline__ void load8(float (&w)[8], const bf16* p) {
+    const uint4 raw = *reinterpret_cast<const uint4*>(p);
+    const unsigned words[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+    for (int t = 0; t < 4; ++t) {
+        w[2 * t] = bf16_bits(words[t] & 0xffffu);  // little-endian: the lower address is the low half
+        w[2 * t + 1] = bf16_bits(words[t] >> 16);
+    }
+}
+
+// Warp g computes outputs [g·kOutPerWarp, +kOutPerWarp) for the NR rows of x. VEC: in % 8 == 0
+// and W, x 16-byte aligned, so W row o starts 16-byte aligned and x row r too (in·4 bytes is a
+// multiple of 32); lane t then takes elements [8t, 8t + 8), [8t + 256, …), ….
+template <int NR, bool VEC>
+__global__ void __launch_bounds__(32 * kGemvWarps) gemv_bf16_kernel(float* y, const float* x, const bf16* W,
+                                                                     const float* bias, int out, int in) {
+    const int lane = threadIdx.x & 31;
+    const int o0 = (blockIdx.x * kGemvWarps + (threadIdx.x >> 5)) * kOutPerWarp;
+    if (o0 >= out) return;  // whole warp; no block-level synchronisation below
+    int nout = out - o0;
+    if (nout > kOutPerWarp) nout = kOutPerWarp;
+    float acc[NR][kOutPerWarp];
+#pragma unroll
+    for (int r = 0; r < NR; ++r)
+#pragma unroll
+        for (int o = 0; o < kOutPerWarp; ++o) acc[r][o] = 0;
+
+    if constexpr (VEC) {
+        const int nvec = in / 8;
+        for (int v = lane; v < nvec; v += 32) {
+            float w[kOutPerWarp][8];
+#pragma unroll
+            for (int o = 0; o < kOutPerWarp; ++o) {
+                if (o < nout) {
+                    load8(w[o], W + int64_t(o0 + o) * in + int64_t(v) * 8);
+                } else {
+#pragma unroll
+                    for (int t = 0; t < 8; ++t) w[o][t] = 0;
+                }
+            }
+#pragma unroll
+            for (int r = 0; r < NR; ++r) {
+                const float4* xr = reinterpret_cast<const float4*>(x + int64_t(r) * in + int64_t(v) * 8);
+                const float4 a = xr[0], b = xr[1];
+                const float xs[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+#pragma unroll
+                for (int o = 0; o < kOutPerWarp; ++o)
+#pragma unroll
+                    for (int t = 0; t < 8; ++t) acc[r][o] += xs[t] * w[o][t];
+            }
+        }
+    } else {
+        for (int k = lane; k < in; k += 32) {
+            float w[kOutPerWarp];
+#pragma unroll
+            for (int o = 0; o < kOutPerWarp; ++o) w[o] = o < nout ? __bfloat162float(W[int64_t(o0 + o) * in + k]) : 0.0f;
+#pragma unroll
+            for (int r = 0; r < NR; ++r) {
+                const float xv = x[int64_t(r) * in + k];
+#pragma unroll
+                for (int o = 0; o < kOutPerWarp; ++o) acc[r][o] += xv * w[o];
+            }
+        }
+    }
+
+#pragma unroll
+    for (int r = 0; r < NR; ++r)
+#pragma unroll
+        for (int o = 0; o < kOutPerWarp; ++o) {
+            const float v = warp_sum(acc[r][o]);
+            if (lane == 0 && o < nout) y[int64_t(r) * out + o0 + o] = v + (bias ? bias[o0 + o] : 0.0f);
+        }
+}
+
+template <int NR>
+void launch_gemv(cudaStream_t stream, float* y, const float* x, const bf16* W, const float* bias, int out, int in) {
+    const int64_t warps = (int64_t(out) + kOutPerWarp - 1) / kOutPerWarp;
+    const unsigned blocks = unsigned((warps + kGemvWarps - 1) / kGemvWarps);
+    const bool vec = in % 8 == 0 && reinterpret_cast<uintptr_t>(W) % 16 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
+    if (vec)
+        gemv_bf16_kernel<NR, true><<<blocks, 32 * kGemvWarps, 0, stream>>>(y, x, W, bias, out, in);
+    else
+        gemv_bf16_kernel<NR, false><<<blocks, 32 * kGemvWarps, 0, stream>>>(y, x, W, bias, out, in);
+    CUDA_CHECK(cudaGetLastError());
+}
+
+__global__ void add_bias_kernel(float* y, const float* bias, int64_t count, int out) {
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count; i += int64_t(gridDim.x) * blockDim.x)
+        y[i] += bias[i % out];
+}
+
+}  // namespace
+
+GemmContext::GemmContext(cudaStream_t stream) : stream_(stream) {
+    const CublasApi& api = cublas();
+    CUBLAS_CHECK(api.create(&handle_));
+    CUBLAS_CHECK(api.set_stream(handle_, stream_));
+}
+
+GemmContext::~GemmContext() {
+    if (handle_) cublas().destroy(handle_);
+    if (x_bf16_) {
+        cudaStreamSynchronize(stream_);  // a queued GEMM may still read it; errors cannot escape a destructor
+        cudaFree(x_bf16_);
+    }
+}
+
+void GemmContext::matmul_wt(float* y, const float* x, const bf16* W, const float* bias, int n, int out, int in) {
+    if (n <= 0 || out <= 0) return;
+    if (n <= kSmallRows) {
+        switch (n) {
+            case 1: launch_gemv<1>(stream_, y, x, W, bias, out, in); break;
+            case 2: launch_gemv<2>(stream_, y, x, W, bias, out, in); break;
+            case 3: launch_gemv<3>(stream_, y, x, W, bias, out, in); break;
+            case 4: launch_gemv<4>(stream_, y, x, W, bias, out, in); break;
+            case 5: launch_gemv<5>(stream_, y, x, W, bias, out, in); break;
+            case 6: launch_gemv<6>(stream_, y, x, W, bias, out, in); break;
+            case 7: launch_gemv<7>(stream_, y, x, W, bias, out, in); break;
+            default: launch_gemv<8>(stream_, y, x, W, bias, out, in); break;
+        }
+        static_assert(kSmallRows == 8, "one gemv instantiation per row count up to kSmallRows");
+        return;
+    }
+    const size_t need = size_t(n) * size_t(in);
+    if (need > x_cap_) {
+        // Grown rarely (the first prefill of each new size record), so a plain synchronous
+        // reallocation: a GEMM still queued on stream_ may be reading the old buffer.
+        if (x_bf16_) {
+            CUDA_CHECK(cudaStreamSynchronize(stream_));
+            CUDA_CHECK(cudaFree(x_bf16_));
+            x_bf16_ = nullptr;
+            x_cap_ = 0;
+        }
+        CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&x_bf16_), need * sizeof(bf16)));
+        x_cap_ = need;
+    }
+    to_bf16(stream_, x_bf16_, x, int64_t(need));
+    // Row-major y[n, out] is column-major yᵀ[out, n] = Wᵀ-view · xᵀ-view: W read as a
+    // column-major [in, out] matrix (lda = in) and transposed, x as column-major [in, n].
+    const float alpha = 1.0f, beta = 0.0f;
+    CUBLAS_CHECK(cublas().gemm_ex(handle_, CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, &alpha, W, CUDA_R_16BF, in, x_bf16_,
+                                  CUDA_R_16BF, in, &beta, y, CUDA_R_32F, out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    if (bias) {
+        const int64_t count = int64_t(n) * out;
+        const int64_t blocks = std::min<int64_t>((count + 255) / 256, 1 << 20);
+        add_bias_kernel<<<unsigned(blocks), 256, 0, stream_>>>(y, bias, count, out);
+        CUDA_CHECK(cudaGetLastError());
+    }
+}
+
+}  // namespace stitch::cuda

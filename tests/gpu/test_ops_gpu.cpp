@@ -1,0 +1,367 @@
+// `make test-gpu`: every CUDA op of the forward pass (kernels/cuda/ops.cuh) against its CPU twin
+// (kernels/cpu/ops_cpu.h), llama.cpp test-backend-ops style: random inputs of awkward shapes,
+// the normalized error ‖gpu − cpu‖ / ‖cpu‖ printed per op and shape and held to a tolerance
+// (1e-5 for f32 elementwise ops, 1e-4 for attention, bf16-aware bounds for GEMMs; argmax and
+// bf16 rounding exact). Without a GPU (or in a build without CUDA) every case says it skipped
+// and passes.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdarg>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "engine/model_config.h"
+#include "kernels/cpu/ops_cpu.h"
+
+#ifdef STITCH_HAVE_CUDA
+#include "kernels/cuda/device.h"
+#include "kernels/cuda/ops_check.h"
+#endif
+
+using namespace stitch;
+
+namespace {
+
+// Why GPU tests cannot run here, or empty when they can.
+std::string skip_reason() {
+#ifdef STITCH_HAVE_CUDA
+    std::string why;
+    if (cuda::device_count(&why) == 0) return "no CUDA device (" + why + ")";
+    return "";
+#else
+    return "this build has no CUDA (nvcc was not found)";
+#endif
+}
+
+bool skipped(const char* what) {
+    const std::string why = skip_reason();
+    if (why.empty()) return false;
+    std::printf("test-gpu: skipped %s: %s\n", what, why.c_str());
+    MESSAGE("skipped: ", why);
+    return true;
+}
+
+#ifdef STITCH_HAVE_CUDA
+
+namespace check = cuda::check;
+
+std::vector<float> randn(size_t n, uint64_t seed, float scale = 1.0f) {
+    std::mt19937_64 rng(seed);
+    std::normal_distribution<float> d(0.0f, scale);
+    std::vector<float> v(n);
+    for (auto& x : v) x = d(rng);
+    return v;
+}
+
+std::vector<float> rounded_bf16(std::vector<float> v) {
+    for (auto& x : v) x = cpu::round_bf16(x);
+    return v;
+}
+
+// ‖a − b‖ / ‖b‖ (Frobenius), infinite when the sizes differ or a value is not finite.
+double nerr(const std::vector<float>& a, const std::vector<float>& b) {
+    if (a.size() != b.size()) return INFINITY;
+    double num = 0, den = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+        num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+        den += double(b[i]) * b[i];
+    }
+    const double e = den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+    return std::isfinite(e) ? e : INFINITY;
+}
+
+// printf into a std::string, for the shape column.
+[[gnu::format(printf, 1, 2)]] std::string shape(const char* fmt, ...) {
+    char buf[64];
+    va_list ap;
+    va_start(ap, fmt);
+    std::vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    return buf;
+}
+
+// One row of the table, and its assertion.
+void report(const char* op, const std::string& shp, double e, double tol) {
+    std::printf("test-gpu: op %-14s shape %-28s nerr %.2e\n", op, shp.c_str(), e);
+    CAPTURE(op);
+    CAPTURE(shp);
+    CHECK(e <= tol);
+}
+
+const char* act_name(Activation a) {
+    switch (a) {
+        case Activation::SiLU: return "silu";
+        case Activation::GeluTanh: return "gelu_tanh";
+        case Activation::Gelu: return "gelu";
+    }
+    return "?";
+}
+
+// A packed-attention case: sequences s with len[s] new rows after pos0[s] cached ones, rows
+// packed in order; random q and per-sequence K/V with strides wider than the heads need.
+struct AttnCase {
+    int heads, kv_heads, hd;
+    std::vector<int32_t> len, pos0;
+};
+
+void run_attention(const char* op, const AttnCase& c, int window, float softcap, uint64_t seed) {
+    const int n_seqs = int(c.len.size());
+    const int q_stride = c.heads * c.hd + 6;     // q is a view into a wider (fused qkv) row
+    const int kv_stride = c.kv_heads * c.hd + 2;  // cache rows wider than the heads too
+    std::vector<int32_t> row0(static_cast<size_t>(n_seqs));
+    int rows = 0, max_len = 0, max_ctx = 0;
+    for (int s = 0; s < n_seqs; ++s) {
+        row0[size_t(s)] = rows;
+        rows += c.len[size_t(s)];
+        max_len = std::max(max_len, c.len[size_t(s)]);
+        max_ctx = std::max(max_ctx, c.pos0[size_t(s)] + c.len[size_t(s)]);
+    }
+    auto q = randn(size_t(std::max(rows, 1)) * q_stride, seed);
+    std::vector<std::vector<float>> K, V;
+    std::vector<const float*> kb, vb;
+    for (int s = 0; s < n_seqs; ++s) {
+        const size_t ctx = size_t(c.pos0[size_t(s)] + c.len[size_t(s)]);
+        K.push_back(randn(std::max<size_t>(ctx, 1) * kv_stride, seed + 100 + uint64_t(s)));
+        V.push_back(randn(std::max<size_t>(ctx, 1) * kv_stride, seed + 200 + uint64_t(s)));
+    }
+    for (int s = 0; s < n_seqs; ++s) kb.push_back(K[size_t(s)].data()), vb.push_back(V[size_t(s)].data());
+    const float scale = 1.0f / std::sqrt(float(c.hd));
+    std::vector<float> ref(size_t(rows) * c.heads * c.hd, 0.0f);
+    cpu::attention(ref.data(), q.data(), q_stride, n_seqs, row0.data(), c.len.data(), c.pos0.data(), kb.data(), vb.data(),
+                   kv_stride, c.heads, c.kv_heads, c.hd, scale, window, softcap);
+    auto got = check::attention(q, q_stride, row0, c.len, c.pos0, K, V, kv_stride, c.heads, c.kv_heads, c.hd, scale,
+                                window, softcap);
+    report(op,
+           shape("h%d/%d d%d L%d C%d w%d c%g", c.heads, c.kv_heads, c.hd, max_len, max_ctx, window, double(softcap)),
+           nerr(got, ref), 1e-4);
+}
+
+#endif  // STITCH_HAVE_CUDA
+
+}  // namespace
+
+TEST_CASE("gpu ops: bf16 rounding and the embedding lookup equal the CPU exactly") {
+    if (skipped("to_bf16 / embed CUDA vs CPU")) return;
+#ifdef STITCH_HAVE_CUDA
+    std::printf("test-gpu: %s\n", cuda::device_name(0).c_str());
+    // random values plus the cases rounding gets wrong: ties both ways, the largest float, ±0, ±inf
+    auto x = randn(1001, 1, 10.0f);
+    const float specials[] = {1.0f,          1.0f + 0x1p-9f, 1.0f + 0x1p-8f,  1.0f + 3 * 0x1p-8f, 1.0f + 3 * 0x1p-9f,
+                              -1.0f - 0x1p-8f, 3.4028235e38f, -3.4028235e38f, 0.0f,               -0.0f,
+                              INFINITY,      -INFINITY,      65504.0f,        1e-30f};
+    x.insert(x.end(), std::begin(specials), std::end(specials));
+    const auto got = check::to_bf16(x);
+    REQUIRE(got.size() == x.size());
+    size_t mismatches = 0;
+    for (size_t i = 0; i < x.size(); ++i)
+        if (got[i] != cpu::round_bf16(x[i]) || std::signbit(got[i]) != std::signbit(cpu::round_bf16(x[i])))
+            ++mismatches;
+    std::printf("test-gpu: op %-14s shape %-28s mismatches %zu\n", "to_bf16", "n=1015", mismatches);
+    CHECK(mismatches == 0);
+
+    for (int d : {1, 17, 1000}) {
+        const int vocab = 50;
+        const auto table = randn(size_t(vocab) * d, uint64_t(d) + 2);
+        const std::vector<int32_t> tokens = {3, 0, 49, 3, 17, 17, 8, 1, 0};
+        for (float scale : {1.0f, std::sqrt(float(d))}) {
+            const auto table_bf = rounded_bf16(table);
+            std::vector<float> ref(tokens.size() * size_t(d));
+            cpu::embed(ref.data(), table_bf.data(), tokens.data(), int(tokens.size()), d, scale);
+            const auto got_e = check::embed(table, tokens, d, scale);
+            report("embed", shape("n=%d d=%d scale=%g", int(tokens.size()), d, double(scale)), nerr(got_e, ref), 1e-5);
+            if (scale == 1.0f) CHECK(got_e == ref);  // a bf16 value widened is exact
+        }
+    }
+#endif
+}
+
+TEST_CASE("gpu ops: norms, RoPE, activations, soft-cap, add and copy equal the CPU") {
+    if (skipped("elementwise ops CUDA vs CPU")) return;
+#ifdef STITCH_HAVE_CUDA
+    for (auto [n, d] : {std::pair{1, 1}, {3, 17}, {17, 129}, {5, 1000}, {2, 4096}}) {
+        const auto x = randn(size_t(n) * d, uint64_t(n * 31 + d), 2.0f), w = randn(size_t(d), uint64_t(d) + 7);
+        std::vector<float> ref(x.size());
+        cpu::rmsnorm(ref.data(), x.data(), w.data(), n, d, 1e-6f);
+        report("rmsnorm", shape("n=%d d=%d", n, d), nerr(check::rmsnorm(x, w, n, d, 1e-6f), ref), 1e-5);
+    }
+
+    for (int hd : {8, 40, 64, 128, 256}) {
+        const int n = 3, heads = 5, col0 = 3, stride = heads * hd + col0 + 5;
+        const auto x = randn(size_t(n) * stride, uint64_t(hd) + 11), w = randn(size_t(hd), uint64_t(hd) + 12);
+        auto ref = x;
+        cpu::head_rmsnorm(ref.data(), n, stride, col0, heads, hd, w.data(), 1e-6f);
+        report("head_rmsnorm", shape("n=%d heads=%d hd=%d", n, heads, hd),
+               nerr(check::head_rmsnorm(x, n, stride, col0, heads, hd, w, 1e-6f), ref), 1e-5);
+    }
+
+    for (int hd : {8, 40, 64, 128, 256}) {
+        const int n = 17, heads = 3, col0 = 2, stride = heads * hd + col0 + 3;
+        const auto x = randn(size_t(n) * stride, uint64_t(hd) + 21);
+        std::vector<int32_t> pos(static_cast<size_t>(n));
+        std::mt19937 rng(static_cast<uint32_t>(hd));
+        for (auto& p : pos) p = int32_t(rng() % 5000);
+        pos[0] = 0;
+        std::vector<float> inv_freq(size_t(hd / 2));
+        for (int k = 0; k < hd / 2; ++k) inv_freq[size_t(k)] = float(1.0 / std::pow(10000.0, 2.0 * k / hd));
+        auto ref = x;
+        cpu::rope(ref.data(), n, stride, col0, heads, hd, pos.data(), inv_freq.data());
+        report("rope", shape("n=%d heads=%d hd=%d", n, heads, hd),
+               nerr(check::rope(x, n, stride, col0, heads, hd, pos, inv_freq), ref), 1e-5);
+    }
+
+    for (Activation act : {Activation::SiLU, Activation::GeluTanh, Activation::Gelu})
+        for (auto [n, I] : {std::pair{1, 1}, {3, 17}, {7, 1000}}) {
+            const auto gu = randn(size_t(n) * 2 * I, uint64_t(n * 7 + I), 3.0f);
+            std::vector<float> ref(size_t(n) * I);
+            cpu::gated_act(act, ref.data(), gu.data(), n, I);
+            report(act_name(act), shape("n=%d I=%d", n, I), nerr(check::gated_act(act, gu, n, I), ref), 1e-5);
+        }
+
+    for (int count : {1, 1001}) {
+        const auto x = randn(size_t(count), uint64_t(count) + 3, 60.0f);
+        auto ref = x;
+        cpu::softcap(ref.data(), int64_t(ref.size()), 30.0f);
+        report("softcap", shape("n=%d cap=30", count), nerr(check::softcap(x, 30.0f), ref), 1e-5);
+    }
+
+    for (int count : {1, 1000, 100003}) {
+        const auto a = randn(size_t(count), uint64_t(count) + 4), b = randn(size_t(count), uint64_t(count) + 5);
+        auto ref = a;
+        cpu::add(ref.data(), b.data(), int64_t(ref.size()));
+        const auto got = check::add(a, b);
+        report("add", shape("n=%d", count), nerr(got, ref), 1e-5);
+        CHECK(got == ref);  // one rounding each side
+    }
+
+    for (auto [rows, cols] : {std::pair{1, 1}, {5, 17}, {3, 1000}}) {
+        const int dst_ld = cols + 3, src_ld = cols + 16;
+        const auto src = randn(size_t(rows) * src_ld, uint64_t(rows * 13 + cols));
+        const std::vector<float> dst(size_t(rows) * dst_ld, -1.0f);
+        auto ref = dst;
+        cpu::copy2d(ref.data(), dst_ld, src.data() + 2, src_ld, rows, cols);
+        // the device copy starts at the same offset: pass src without its first two floats
+        const std::vector<float> src_off(src.begin() + 2, src.end());
+        const auto got = check::copy2d(dst, dst_ld, src_off, src_ld, rows, cols);
+        report("copy2d", shape("rows=%d cols=%d", rows, cols), nerr(got, ref), 1e-5);
+        CHECK(got == ref);
+    }
+#endif
+}
+
+TEST_CASE("gpu ops: steering rows and greedy argmax equal the CPU") {
+    if (skipped("steering / argmax CUDA vs CPU")) return;
+#ifdef STITCH_HAVE_CUDA
+    for (int d : {1, 17, 1000}) {
+        const int n = 9;
+        const auto x = randn(size_t(n) * d, uint64_t(d) + 41);
+        const std::vector<int32_t> rows = {8, 0, 4};
+        const auto v = randn(size_t(d), uint64_t(d) + 42);
+        auto u = randn(size_t(d), uint64_t(d) + 43);
+        double norm = 0;
+        for (float e : u) norm += double(e) * e;
+        for (auto& e : u) e = float(e / std::sqrt(norm));
+        const auto src = randn(rows.size() * size_t(d), uint64_t(d) + 44);
+        for (float alpha : {5.0f, 0.5f, 1.0f}) {
+            auto ref = x;
+            cpu::add_rows(ref.data(), d, rows.data(), int(rows.size()), v.data(), alpha);
+            report("add_rows", shape("n=%d d=%d alpha=%g", n, d, double(alpha)),
+                   nerr(check::add_rows(x, d, rows, v, alpha), ref), 1e-5);
+            ref = x;
+            cpu::ablate_rows(ref.data(), d, rows.data(), int(rows.size()), u.data(), alpha);
+            report("ablate_rows", shape("n=%d d=%d alpha=%g", n, d, double(alpha)),
+                   nerr(check::ablate_rows(x, d, rows, u, alpha), ref), 1e-5);
+            ref = x;
+            cpu::replace_rows(ref.data(), d, rows.data(), int(rows.size()), src.data(), alpha);
+            const auto got = check::replace_rows(x, d, rows, src, alpha);
+            report("replace_rows", shape("n=%d d=%d alpha=%g", n, d, double(alpha)), nerr(got, ref), 1e-5);
+            if (alpha == 1.0f) CHECK(got == ref);  // alpha 1 copies
+        }
+    }
+
+    for (int cols : {1, 3, 1000, 151936}) {
+        const int n = 5;
+        auto x = randn(size_t(n) * cols, uint64_t(cols) + 51);
+        if (cols > 1) {
+            // row 1: the maximum twice (the first wins); row 2: all equal (index 0); row 3: -inf everywhere
+            float* r1 = &x[size_t(cols)];
+            r1[cols - 1] = 100.0f;
+            r1[cols / 2] = 100.0f;
+            std::fill(x.begin() + 2 * cols, x.begin() + 3 * cols, 0.25f);
+            std::fill(x.begin() + 3 * cols, x.begin() + 4 * cols, -INFINITY);
+        }
+        std::vector<int32_t> ref(static_cast<size_t>(n));
+        cpu::argmax_rows(ref.data(), x.data(), n, cols);
+        const auto got = check::argmax_rows(x, n, cols);
+        size_t wrong = 0;
+        for (size_t i = 0; i < ref.size(); ++i) wrong += got.size() != ref.size() || got[i] != ref[i];
+        std::printf("test-gpu: op %-14s shape %-28s mismatches %zu\n", "argmax_rows", shape("n=%d cols=%d", n, cols).c_str(),
+                    wrong);
+        CHECK(got == ref);
+        if (cols > 1) CHECK(ref[1] == cols / 2);
+    }
+#endif
+}
+
+TEST_CASE("gpu ops: matmul_wt (GEMV kernel and cuBLAS) equals the CPU GEMM on bf16-rounded inputs") {
+    if (skipped("matmul_wt CUDA vs CPU")) return;
+#ifdef STITCH_HAVE_CUDA
+    // (out, in): odd sizes take the scalar GEMV path, multiples of 8 the 16-byte vector path
+    for (auto [out, in] : {std::pair{37, 53}, {3, 17}, {64, 256}, {129, 1000}, {515, 1024}})
+        for (int n : {1, 2, 8, 9, 77, 512})
+            for (bool with_bias : {false, true}) {
+                const auto x = randn(size_t(n) * in, uint64_t(n * 1000 + in)), W = randn(size_t(out) * in, uint64_t(out + in));
+                const auto bias = with_bias ? randn(size_t(out), uint64_t(out) + 9) : std::vector<float>{};
+                const auto got = check::matmul_wt(x, W, bias, n, out, in);
+                // what the GPU multiplies: bf16 W, and bf16 x once cuBLAS takes over
+                const auto W_bf = rounded_bf16(W);
+                const auto x_used = n > check::kGemmSmallRows ? rounded_bf16(x) : x;
+                std::vector<float> ref(size_t(n) * out), ref_f32(ref.size());
+                const float* b = with_bias ? bias.data() : nullptr;
+                cpu::matmul_wt(ref.data(), x_used.data(), W_bf.data(), b, n, out, in);
+                cpu::matmul_wt(ref_f32.data(), x.data(), W.data(), b, n, out, in);
+                const std::string shp = shape("n=%d out=%d in=%d b=%d", n, out, in, int(with_bias));
+                report("matmul_wt", shp, nerr(got, ref), 1e-3);
+                report("matmul_wt/f32", shp, nerr(got, ref_f32), 1e-2);
+            }
+#endif
+}
+
+TEST_CASE("gpu ops: prefill attention (packed sequences, cached prefixes, GQA, windows, soft-caps) equals the CPU") {
+    if (skipped("prefill attention CUDA vs CPU")) return;
+#ifdef STITCH_HAVE_CUDA
+    // four sequences: 70 new rows after 5 cached, one decode row after 90 (inside a prefill
+    // batch), 37 fresh rows, 200 rows after 300 cached (longer than the windows)
+    const std::vector<int32_t> len = {70, 1, 37, 200}, pos0 = {5, 90, 0, 300};
+    uint64_t seed = 1;
+    for (auto [heads, kv_heads, hd] : {std::tuple{4, 4, 8}, {6, 3, 40}, {14, 2, 64}, {4, 2, 128}, {2, 1, 256}, {3, 3, 16}})
+        for (int window : {0, 16, 129})
+            for (float softcap : {0.0f, 2.5f})
+                run_attention("attn_prefill", AttnCase{heads, kv_heads, hd, len, pos0}, window, softcap, seed++);
+    // a single fresh sequence of two rows (the smallest prefill) and one row per sequence mixed
+    // with an empty sequence
+    run_attention("attn_prefill", AttnCase{8, 2, 64, {2}, {0}}, 0, 0.0f, seed++);
+    run_attention("attn_prefill", AttnCase{8, 2, 64, {3, 0, 1}, {7, 4, 0}}, 4, 50.0f, seed++);
+#endif
+}
+
+TEST_CASE("gpu ops: decode attention (one row per sequence, split keys) equals the CPU") {
+    if (skipped("decode attention CUDA vs CPU")) return;
+#ifdef STITCH_HAVE_CUDA
+    // contexts of 1, 33, 1000 and 5000 keys in one batch (many splits), plus an empty sequence;
+    // then short contexts only (one split: the block writes the row itself)
+    const std::vector<int32_t> len = {1, 1, 0, 1, 1}, pos0 = {0, 32, 10, 999, 4999};
+    uint64_t seed = 1000;
+    for (auto [heads, kv_heads, hd] : {std::tuple{8, 8, 64}, {8, 4, 128}, {14, 2, 40}, {4, 1, 256}, {7, 7, 16}, {2, 2, 8}})
+        for (int window : {0, 16, 4096})
+            for (float softcap : {0.0f, 2.5f})
+                run_attention("attn_decode", AttnCase{heads, kv_heads, hd, len, pos0}, window, softcap, seed++);
+    for (int window : {0, 16})
+        run_attention("attn_decode", AttnCase{6, 2, 128, {1, 1, 1}, {0, 32, 100}}, window, 0.0f, seed++);
+#endif
+}
