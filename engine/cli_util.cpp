@@ -6,15 +6,21 @@
 #include <filesystem>
 #include <fstream>
 
+#include "engine/device.h"
 #include "engine/error.h"
 #include "engine/finite.h"
 #include "engine/interrupt.h"
 
 namespace stitch {
 
-void apply_run_options(const Args& a) {
+void apply_run_options(const Args& a, bool device_notice) {
     if (a.get("--threads")) omp_set_num_threads(a.get_int("--threads", 1, 1, 4096));
     if (a.has("--check-finite")) set_check_finite(true);
+    if (auto d = a.get("--device")) request_device(*d);
+    // An explicit choice is checked (cuda without a GPU is an error) and a CPU fallback of an
+    // explicit auto is said; the default is auto without a word, so GPU-less runs stay quiet.
+    const auto req = requested_device();
+    set_device(req ? resolve_device(*req, device_notice) : resolve_device("auto", false));
 }
 
 void write_file_atomic(const std::string& path, const std::string& text) {

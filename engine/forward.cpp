@@ -1,10 +1,15 @@
 #include "engine/forward.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "engine/error.h"
 #include "engine/finite.h"
 #include "engine/ops.h"
+
+#ifdef STITCH_HAVE_CUDA
+#include "kernels/cuda/forward_cuda.h"
+#endif
 
 namespace stitch {
 
@@ -22,27 +27,67 @@ const char* site_name(Site s) {
     return "?";
 }
 
-KVCache::KVCache(const ModelConfig& c, int cap) : capacity(cap) {
-    size_t n = size_t(c.n_layers) * size_t(cap) * size_t(c.kv_dim());
-    k.assign(n, 0.0f);
-    v.assign(n, 0.0f);
+KVCache::KVCache(const ModelConfig& c, int cap) : capacity(cap), n_layers(c.n_layers), kv_dim(c.kv_dim()) {}
+
+void KVCache::ensure_host() {
+    if (device) fail("", "this KV cache was filled by a GPU model; its keys and values are on the device");
+    if (k.empty()) {
+        const size_t n = size_t(n_layers) * size_t(capacity) * size_t(kv_dim);
+        k.assign(n, 0.0f);
+        v.assign(n, 0.0f);
+    }
 }
 
-std::vector<float> forward(const Model& m, RunState& st, std::span<const SeqInput> seqs, const ForwardOptions& opt) {
-    const ModelConfig& c = m.config;
-    const Weights& w = m.weights;
-    const int d = c.hidden, hd = c.head_dim, qd = c.q_dim(), kvd = c.kv_dim(), I = c.intermediate;
-    const int qkv_w = qd + 2 * kvd;
+float* KVCache::k_layer(int L, int kvd) {
+    ensure_host();
+    return k.data() + int64_t(L) * capacity * kvd;
+}
 
-    // Pack rows: every new token of every sequence.
+float* KVCache::v_layer(int L, int kvd) {
+    ensure_host();
+    return v.data() + int64_t(L) * capacity * kvd;
+}
+
+void copy_prefix(const Model& m, const KVCache& from, KVCache& to, int positions) {
+    if (positions < 0 || positions > from.length)
+        fail("", "copy_prefix: {} positions asked of a KV cache holding {}", positions, from.length);
+    if (positions > to.capacity) fail("", "copy_prefix: {} positions do not fit a KV cache of capacity {}", positions, to.capacity);
+    if (from.n_layers != to.n_layers || from.kv_dim != to.kv_dim)
+        fail("", "copy_prefix: KV caches of different shapes ({} layers x {} vs {} x {})", from.n_layers, from.kv_dim,
+             to.n_layers, to.kv_dim);
+    if (positions > 0 && from.device) {
+#ifdef STITCH_HAVE_CUDA
+        if (!m.cuda) fail("", "copy_prefix: the KV cache is on the GPU but the model is not");
+        m.cuda->copy_prefix(from, to, positions);
+#endif
+    } else if (positions > 0) {
+        to.ensure_host();
+        const int64_t kvd = from.kv_dim, rows = int64_t(positions) * kvd;
+        for (int L = 0; L < from.n_layers; ++L) {
+            std::copy_n(from.k.data() + int64_t(L) * from.capacity * kvd, rows, to.k.data() + int64_t(L) * to.capacity * kvd);
+            std::copy_n(from.v.data() + int64_t(L) * from.capacity * kvd, rows, to.v.data() + int64_t(L) * to.capacity * kvd);
+        }
+    }
+    to.length = positions;
+}
+
+namespace {
+
+// Checks every sequence and packs its new tokens as rows of st: token ids, each row's sequence
+// id and absolute position, each sequence's first row / token count / first position, and the
+// rows that get logits. Returns the number of rows. Shared by both backends.
+int pack_rows(const ModelConfig& c, RunState& st, std::span<const SeqInput> seqs, bool all_logits) {
     int n = 0;
     for (const auto& s : seqs) {
         if (s.cache->length + int(s.tokens.size()) > s.cache->capacity)
             fail("", "KV cache full: sequence needs {} positions, capacity {}", s.cache->length + s.tokens.size(),
                  s.cache->capacity);
+        if (s.cache->n_layers != c.n_layers || s.cache->kv_dim != c.kv_dim())
+            fail("", "KV cache made for another model ({} layers x {} key/value dims; this one has {} x {})",
+                 s.cache->n_layers, s.cache->kv_dim, c.n_layers, c.kv_dim());
         n += int(s.tokens.size());
     }
-    if (n == 0) return {};
+    if (n == 0) return 0;
     st.row_seq.resize(size_t(n));
     st.row_pos.resize(size_t(n));
     st.token.resize(size_t(n));
@@ -63,10 +108,29 @@ std::vector<float> forward(const Model& m, RunState& st, std::span<const SeqInpu
                 st.token[size_t(r)] = id;
                 st.row_seq[size_t(r)] = s.id >= 0 ? s.id : int32_t(si);
                 st.row_pos[size_t(r)] = s.cache->length + int32_t(t);
-                if (opt.all_logits || t + 1 == s.tokens.size()) st.logit_src.push_back(r);
+                if (all_logits || t + 1 == s.tokens.size()) st.logit_src.push_back(r);
             }
         }
     }
+    return n;
+}
+
+}  // namespace
+
+std::vector<float> forward(const Model& m, RunState& st, std::span<const SeqInput> seqs, const ForwardOptions& opt) {
+    const ModelConfig& c = m.config;
+    const Weights& w = m.weights;
+    const int d = c.hidden, hd = c.head_dim, qd = c.q_dim(), kvd = c.kv_dim(), I = c.intermediate;
+    const int qkv_w = qd + 2 * kvd;
+
+    // Pack rows: every new token of every sequence.
+    const int n = pack_rows(c, st, seqs, opt.all_logits);
+    if (n == 0) return {};
+#ifdef STITCH_HAVE_CUDA
+    // A GPU model runs the same steps with the CUDA op set (kernels/cuda/forward_cuda.cu).
+    if (m.cuda) return m.cuda->forward(m, st, seqs, opt);
+#endif
+    for (const auto& s : seqs) s.cache->ensure_host();
     st.x.resize(size_t(n) * d);
     st.h.resize(size_t(n) * d);
     st.qkv.resize(size_t(n) * qkv_w);

@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <span>
 #include <vector>
 
@@ -34,19 +35,51 @@ struct Hooks {
     // Which sites to call back at: bit (1 << int(site)). Zero = none, and no cost.
     uint32_t site_mask = 0;
     std::function<void(const SiteView&)> on_site;
+    // A pure tap: on_site only reads the rows (capture, statistics, a site collected for a map)
+    // and leaves SiteView::data as it was. Then a GPU model need not stop at each site: it copies
+    // the rows to pinned host memory on a second stream while it computes on, and calls on_site
+    // for every site, in the CPU path's order and with the same data, at the end of the forward
+    // call (before it returns; changes to data are then lost). Without read_only a GPU model
+    // copies the rows out, calls on_site and copies them back before going on, so steering works
+    // unchanged. The CPU path calls on_site in place either way.
+    bool read_only = false;
     bool wants(Site s) const { return (site_mask >> int(s)) & 1u; }
 };
 
-// KV cache of one sequence: K and V for every layer, capacity fixed at creation.
+namespace cuda {
+struct KVDevice;        // kernels/cuda/forward_cuda.cu: a KV cache's K and V on the GPU
+struct ForwardScratch;  // kernels/cuda/forward_cuda.cu: device activations and staging buffers
+}  // namespace cuda
+
+// KV cache of one sequence: K and V for every layer, capacity fixed at creation. The storage is
+// made by the first forward call that uses it, on that model's device: host vectors for a CPU
+// model, device memory for a GPU model; callers only create, pass and copy_prefix() caches.
+// Move-only (a copy would share the device memory).
 struct KVCache {
     int capacity = 0;
     int length = 0;  // positions filled
-    std::vector<float> k, v;  // [n_layers, capacity, kv_dim]
+    int n_layers = 0, kv_dim = 0;
+    std::vector<float> k, v;  // CPU: [n_layers, capacity, kv_dim]; empty until first used
+    std::shared_ptr<cuda::KVDevice> device;  // GPU: the same layout in device memory, or null
     KVCache() = default;
     KVCache(const ModelConfig& c, int capacity);
-    float* k_layer(int L, int kv_dim) { return k.data() + int64_t(L) * capacity * kv_dim; }
-    float* v_layer(int L, int kv_dim) { return v.data() + int64_t(L) * capacity * kv_dim; }
+    KVCache(KVCache&&) noexcept = default;
+    KVCache& operator=(KVCache&&) noexcept = default;
+    KVCache(const KVCache&) = delete;
+    KVCache& operator=(const KVCache&) = delete;
+    // The host storage, made (zero-filled) on first use; throws stitch::Error when a GPU model
+    // has filled this cache (its keys and values are on the device).
+    void ensure_host();
+    // Layer L's rows in host memory (CPU backend; calls ensure_host).
+    float* k_layer(int L, int kv_dim);
+    float* v_layer(int L, int kv_dim);
 };
+
+// Copies the first `positions` positions (every layer's K and V) of `from` into `to` and sets
+// to.length = positions: a shared prompt prefix computed once (keys and values at a position
+// depend only on the tokens up to it). Works where the model runs (host or device memory).
+// Throws stitch::Error when positions exceed from.length or to.capacity or the caches' shapes differ.
+void copy_prefix(const Model& m, const KVCache& from, KVCache& to, int positions);
 
 // New tokens for one sequence, appended at positions cache.length, cache.length+1, …
 struct SeqInput {
@@ -66,10 +99,13 @@ struct RunState {
     std::vector<int32_t> row_seq, row_pos, token;        // per packed row
     std::vector<int32_t> seg_row0, seg_len, seg_pos0;     // per sequence: first row, new tokens, first position
     std::vector<int32_t> logit_src;  // packed row of each logits row
+    // GPU models: device activations and host staging, made by the first GPU call (opaque here).
+    std::shared_ptr<cuda::ForwardScratch> cuda;
 };
 
-// Runs the new tokens of every sequence through the model. Returns logits
-// [rows, vocab] where rows = total tokens (all_logits) or one per sequence (its last).
+// Runs the new tokens of every sequence through the model, on the device the model is on
+// (Model::backend()). Returns logits (host memory) [rows, vocab] where rows = total tokens
+// (all_logits) or one per sequence (its last).
 // Throws stitch::Error for token ids outside the vocabulary or a full KV cache, and, with
 // set_check_finite(true) (engine/finite.h), for the first site holding NaN or Inf.
 std::vector<float> forward(const Model& m, RunState& st, std::span<const SeqInput> seqs, const ForwardOptions& opt = {});

@@ -88,14 +88,7 @@ std::vector<Generation> generate(const Model& m, const std::vector<std::vector<i
     if (shared > 0) {
         SeqInput pre{&caches[0], std::span<const int32_t>(prompts[0].data(), shared), int32_t(opt.first_id)};
         forward(m, st, std::span<const SeqInput>(&pre, 1), fo);
-        const size_t kvd = size_t(c.kv_dim());
-        for (size_t i = 1; i < prompts.size(); ++i) {
-            for (int L = 0; L < c.n_layers; ++L) {
-                std::copy_n(caches[0].k_layer(L, int(kvd)), shared * kvd, caches[i].k_layer(L, int(kvd)));
-                std::copy_n(caches[0].v_layer(L, int(kvd)), shared * kvd, caches[i].v_layer(L, int(kvd)));
-            }
-            caches[i].length = int(shared);
-        }
+        for (size_t i = 1; i < prompts.size(); ++i) copy_prefix(m, caches[0], caches[i], int(shared));
     }
     std::vector<size_t> active(prompts.size());
     std::iota(active.begin(), active.end(), 0);

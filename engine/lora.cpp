@@ -283,6 +283,8 @@ Model load_model_with_adapter(const std::filesystem::path& path, const std::file
                                            file_fingerprint(adapter / "adapter_model.safetensors")});
         check_weights_finite(m, (adapter / "adapter_model.safetensors").string());
     }
+    // The command's device (engine/device.h): the GPU copy is made from the merged weights.
+    if (current_device() == Backend::CUDA) to_device(m, Backend::CUDA);
     return m;
 }
 

@@ -1,15 +1,22 @@
-// A loaded model: config, float32 weights (converted from any stored dtype at load), tokenizer.
+// A loaded model: config, float32 weights (converted from any stored dtype at load), tokenizer,
+// and, once to_device() (engine/device.h) put it on a GPU, the device copy forward() runs on.
 #pragma once
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "engine/device.h"
 #include "engine/model_config.h"
 #include "engine/tokenizer/tokenizer.h"
 
 namespace stitch {
+
+namespace cuda {
+class ForwardCuda;  // kernels/cuda/forward_cuda.h; only CUDA builds ever create one
+}
 
 struct LayerWeights {
     std::vector<float> attn_norm;  // [d]
@@ -49,6 +56,11 @@ struct Model {
     // capture, vector and map metadata so a file can be checked against the model it came from.
     std::string identity;
     std::vector<std::vector<float>> inv_freq;  // per layer: RoPE inverse frequencies [head_dim/2]
+    // The GPU copy (bf16 GEMM weights, f32 norms/biases/RoPE, stream, GEMM context) when
+    // to_device(m, Backend::CUDA) made one; forward() then runs there. It holds the weights as they
+    // were at that call: after changing `weights`, call to_device again. Copies of a Model share it.
+    std::shared_ptr<cuda::ForwardCuda> cuda;
+    Backend backend() const { return cuda ? Backend::CUDA : Backend::CPU; }
 };
 
 // Loads an HF model folder (config.json, *.safetensors, tokenizer.json|tokenizer.model) or a

@@ -12,6 +12,7 @@ namespace stitch {
 
 const char* const kTransferHelp =
     "usage: stitch transfer CONFIG.json [-o RUN_DIR] [--full] [--stages LIST] [--skip LIST] [--force] [--threads N]\n"
+    "                       [--device auto|cpu|cuda]\n"
     "       stitch transfer --headline RUN_DIR\n"
     "  Runs the paper's experiments between a source and a target model as eight cached stages:\n"
     "    1 trigger  2 sweep  3 mapper  4 fidelity  5 steering  6 refusal  7 corrupted  8 safety_switch\n"
@@ -21,6 +22,7 @@ const char* const kTransferHelp =
     "  --full     every size from the config's \"full\" section (default: whole datasets)\n"
     "  --stages   run only these (e.g. 1,2,5); the others come from the cache when there\n"
     "  --skip     do not run these\n"
+    "  --device   where the models run and the maps train; overrides the config's \"device\"\n"
     "  CONFIG keys and defaults: docs/transfer.md.\n";
 
 namespace {
@@ -44,7 +46,7 @@ std::set<int> stage_list(const Args& a, const char* opt) {
 }  // namespace
 
 int cmd_transfer(int argc, char** argv) {
-    Args a = Args::parse(argc, argv, 2, {"-o", "--output", "--stages", "--skip", "--threads", "--headline"}, {"--full", "--force", "--check-finite"});
+    Args a = Args::parse(argc, argv, 2, {"-o", "--output", "--stages", "--skip", "--threads", "--headline", "--device"}, {"--full", "--force", "--check-finite"});
     if (auto h = a.get("--headline")) {
         fmt::print("{}", transfer_headline(*h));
         return 0;

@@ -16,6 +16,7 @@
 
 #include "engine/capture.h"
 #include "engine/cli_util.h"
+#include "engine/device.h"
 #include "engine/error.h"
 #include "engine/interrupt.h"
 #include "engine/generate.h"
@@ -626,7 +627,7 @@ json Run::train_maps(const Model& src, SiteRef ss, const Model& tgt, SiteRef ts,
     to.accum = cfg_.integer("mapper", "accum", 1, 1 << 20);
     to.adamw.lr = float(cfg_.real("mapper", "lr"));
     to.adamw.weight_decay = float(cfg_.real("mapper", "weight_decay"));
-    to.device = resolve_device(parse_device(cfg_.j["device"].get<std::string>()));
+    to.device = current_device() == Backend::CUDA ? Device::Cuda : Device::Cpu;  // run_transfer chose it
     to.log = [](const std::string& s) { fmt::print(stderr, "{}\n", s); };
     json r = {{"rows", {{"train", pairs.train_rows()}, {"val", pairs.val_rows()}}},
               {"prompts", ids.size()},
@@ -1059,6 +1060,21 @@ fs::path run_transfer(const TransferOptions& opt) {
         if (n < 1 || n > 8) fail("--skip", "no stage {} (1–8)", n);
     const int threads = cfg.j["threads"].get<int>();
     if (threads > 0) omp_set_num_threads(threads);
+    // Where the models run and the maps train: the command line's --device (or STITCH_DEVICE),
+    // else the config's "device". Models loaded from here on go there (load_model_with_adapter).
+    const json& device = cfg.j["device"];
+    if (!device.is_string()) fail(cfg.file, "'device' must be \"auto\", \"cpu\" or \"cuda\"");
+    Backend backend = Backend::CPU;
+    if (auto r = requested_device()) {
+        backend = resolve_device(*r, false);  // apply_run_options has said any fallback
+    } else {
+        try {
+            backend = resolve_device(device.get<std::string>(), false);
+        } catch (const Error& e) {
+            fail(cfg.file, "'device': {}", e.what_wrong);
+        }
+    }
+    ScopedDevice on_device(backend);
     fs::path out = opt.out_dir.empty() ? fs::path("runs") / cfg.j["name"].get<std::string>() : fs::path(opt.out_dir);
     Run run(std::move(cfg), out, opt);
     run.execute();

@@ -39,6 +39,7 @@ Completions complete(const Model& m, const IdLists& prompts, int max_new, Steeri
     if (steer) h.site_mask |= steer->site_mask();
     if (extra) h.site_mask |= extra->site_mask;
     if (want_first) h.site_mask |= 1u << int(Site::Logits);
+    h.read_only = !steer && (!extra || extra->read_only);  // the first-token logits are only read
     std::vector<double> tmp;
     h.on_site = [&](const SiteView& v) {
         if (steer && ((steer->site_mask() >> int(v.site)) & 1u)) steer->apply(v);
@@ -144,6 +145,7 @@ std::vector<float> transplant_step(const Transplant& t, RunState& sst, RunState&
         std::vector<uint64_t> keys;
         Hooks hs;
         hs.site_mask = 1u << int(t.ssite.site);
+        hs.read_only = true;  // the source's rows are only copied out
         hs.on_site = [&](const SiteView& v) {
             if (v.layer != t.ssite.layer) return;
             rows.assign(v.data, v.data + int64_t(v.rows) * v.cols);
@@ -338,6 +340,7 @@ std::vector<std::vector<double>> mean_embeddings(const Model& m, const std::vect
         if (seqs.empty()) continue;
         Hooks h;
         h.site_mask = 1u << int(Site::FinalNorm);
+        h.read_only = true;  // sums the rows
         h.on_site = [&](const SiteView& v) {
             for (int r = 0; r < v.rows; ++r) {
                 auto& e = out[size_t(v.seq[r])];

@@ -11,6 +11,7 @@
 #include "engine/capture.h"
 #include "engine/cli_args.h"
 #include "engine/cli_util.h"
+#include "engine/device.h"
 #include "engine/error.h"
 #include "engine/generate.h"
 #include "engine/lora.h"
@@ -47,7 +48,8 @@ const char kMapHelp[] =
     "  --seed S           initial weights, split and shuffling (default 0)\n"
     "  --patience N       stop after N epochs without a better val MSE and keep the best (default 0: off)\n"
     "  --ridge R          ridge penalty, relative to the mean source variance (default 1e-6)\n"
-    "  --device D         auto (CUDA when present, else CPU; the default), cpu, or cuda\n"
+    "  --device D         auto (CUDA when present, else CPU; the default), cpu, or cuda: where the map\n"
+    "                     trains and, streaming from models, where the two models run\n"
     "  --threads N        CPU threads (default: all cores)\n"
     "  --json FILE        also write a JSON summary (per-epoch metrics, rows/s, peak RSS)\n"
     "  Streaming from two models (nothing but the map is written):\n"
@@ -111,7 +113,7 @@ int cmd_map_train(int argc, char** argv) {
         fail("map train", "streaming from models needs --source-model, --target-model and --prompts");
     if (from_models && !(a.has("--source-site") && a.has("--target-site")))
         fail("map train", "streaming from models needs --source-site and --target-site");
-    apply_run_options(a);
+    apply_run_options(a, false);  // --device also places the models; the trainer's own note below says a fallback
 
     const MapKind kind = parse_map_kind(a.get_or("--kind", "autoencoder"));
     const std::string solver = a.get_or("--solver", "adamw");
@@ -126,7 +128,7 @@ int cmd_map_train(int argc, char** argv) {
     opt.patience = a.get_int("--patience", 0, 0, 1000000);
     opt.adamw.lr = float(a.get_double("--lr", 1e-4, 1e-12, 10.0));
     opt.adamw.weight_decay = float(a.get_double("--weight-decay", 0.01, 0.0, 1e6));
-    opt.device = parse_device(a.get_or("--device", "auto"));
+    opt.device = parse_device(requested_device().value_or("auto"));  // --device, else STITCH_DEVICE
     const double val = a.get_double("--val", 0.1, 0.0, 0.9);
     const uint64_t seed = a.get_u64("--seed", 0);
     const double ridge = a.get_double("--ridge", 1e-6, 0.0, 1e6);

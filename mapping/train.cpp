@@ -326,6 +326,7 @@ void collect_site(const Model& m, SiteRef site, const std::vector<std::span<cons
     for (size_t i = 0; i < prompts.size(); ++i) in.push_back({&caches[i], prompts[i]});
     Hooks hooks;
     hooks.site_mask = 1u << int(site.site);
+    hooks.read_only = true;  // only copies rows out
     size_t wanted_rows = 0, copied = 0;
     for (const auto& w : wanted) wanted_rows += w.size();
     hooks.on_site = [&](const SiteView& v) {

@@ -1,0 +1,645 @@
+// The forward pass on the GPU (kernels/cuda/forward_cuda.h): weights uploaded once, then
+// engine/forward.cpp's steps in the same order with the device op set of ops.cuh. Read the two
+// side by side: every CPU op call has its twin here, and the hook sites sit at the same places.
+#include "kernels/cuda/forward_cuda.h"
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <functional>
+
+#include "engine/finite.h"
+#include "engine/model.h"
+#include "kernels/cuda/cuda_util.h"
+#include "kernels/cuda/device.h"
+#include "kernels/cuda/ops.cuh"
+
+namespace stitch::cuda {
+namespace {
+
+std::atomic<size_t> g_tap_limit{size_t(256) << 20};
+
+std::string gib(size_t bytes) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.2f GiB", double(bytes) / double(size_t(1) << 30));
+    return buf;
+}
+
+// Page-locked host memory: what asynchronous device↔host copies need (and run at full speed from).
+template <typename T>
+class PinnedBuffer {
+public:
+    PinnedBuffer() = default;
+    explicit PinnedBuffer(size_t n) : n_(n) {
+        if (n) CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&p_), n * sizeof(T)));
+    }
+    ~PinnedBuffer() {
+        if (p_) cudaFreeHost(p_);
+    }
+    PinnedBuffer(PinnedBuffer&& o) noexcept : p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)) {}
+    PinnedBuffer& operator=(PinnedBuffer&& o) noexcept {
+        std::swap(p_, o.p_);
+        std::swap(n_, o.n_);
+        return *this;
+    }
+    PinnedBuffer(const PinnedBuffer&) = delete;
+    PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+    T* get() const { return p_; }
+    size_t size() const { return n_; }
+
+private:
+    T* p_ = nullptr;
+    size_t n_ = 0;
+};
+
+// At least n elements, contents not kept. Buffers only grow (a quarter extra, so a batch that
+// grows a little each call does not reallocate each time): decode steps reuse prefill's.
+template <typename Buffer>
+auto reserve(Buffer& b, size_t n) {
+    if (b.size() < n) {
+        b = Buffer();  // free the old one before allocating the new one
+        b = Buffer(n + n / 4);
+    }
+    return b.get();
+}
+
+// Every packed row's K and V (columns k_col.. of its qkv row) into its sequence's cache at its
+// absolute position: the CPU path's two copy2d calls per sequence, as one launch for the batch
+// (a 64-sequence decode step would otherwise launch 128 copies per layer).
+__global__ void kv_append_kernel(const float* __restrict__ qkv, int qkv_w, int k_col, int kvd,
+                                 const int32_t* __restrict__ slot, const int32_t* __restrict__ pos,
+                                 float* const* k_base, float* const* v_base) {
+    const int r = blockIdx.x;
+    const float* src = qkv + int64_t(r) * qkv_w + k_col;
+    float* k = k_base[slot[r]] + int64_t(pos[r]) * kvd;
+    float* v = v_base[slot[r]] + int64_t(pos[r]) * kvd;
+    for (int j = threadIdx.x; j < kvd; j += blockDim.x) {
+        k[j] = src[j];
+        v[j] = src[kvd + j];
+    }
+}
+
+void kv_append(cudaStream_t stream, const float* qkv, int qkv_w, int k_col, int kvd, int n, const int32_t* slot,
+               const int32_t* pos, float* const* k_base, float* const* v_base) {
+    kv_append_kernel<<<n, 128, 0, stream>>>(qkv, qkv_w, k_col, kvd, slot, pos, k_base, v_base);
+    CUDA_CHECK(cudaGetLastError());
+}
+
+// Host → device at load time through two pinned staging slots, so the host's copy of one chunk
+// into pinned memory overlaps the transfer (and bf16 conversion) of the one before.
+class Uploader {
+public:
+    explicit Uploader(cudaStream_t stream) : stream_(stream) {
+        for (Slot& s : slots_) {
+            s.host = PinnedBuffer<float>(kChunk);
+            s.dev = DeviceBuffer<float>(kChunk);
+            CUDA_CHECK(cudaEventCreateWithFlags(&s.done, cudaEventDisableTiming));
+        }
+    }
+    ~Uploader() {
+        cudaStreamSynchronize(stream_);
+        for (Slot& s : slots_)
+            if (s.done) cudaEventDestroy(s.done);
+    }
+    Uploader(const Uploader&) = delete;
+    Uploader& operator=(const Uploader&) = delete;
+
+    DeviceBuffer<float> f32(const std::vector<float>& v) {
+        DeviceBuffer<float> out(v.size());
+        for (size_t off = 0; off < v.size(); off += kChunk) {
+            const size_t count = std::min(kChunk, v.size() - off);
+            Slot& s = stage(v.data() + off, count);
+            CUDA_CHECK(cudaMemcpyAsync(out.get() + off, s.host.get(), count * sizeof(float), cudaMemcpyHostToDevice, stream_));
+            CUDA_CHECK(cudaEventRecord(s.done, stream_));
+        }
+        return out;
+    }
+    DeviceBuffer<bf16> to_bf16(const std::vector<float>& v) {
+        DeviceBuffer<bf16> out(v.size());
+        for (size_t off = 0; off < v.size(); off += kChunk) {
+            const size_t count = std::min(kChunk, v.size() - off);
+            Slot& s = stage(v.data() + off, count);
+            CUDA_CHECK(cudaMemcpyAsync(s.dev.get(), s.host.get(), count * sizeof(float), cudaMemcpyHostToDevice, stream_));
+            cuda::to_bf16(stream_, out.get() + off, s.dev.get(), int64_t(count));
+            CUDA_CHECK(cudaEventRecord(s.done, stream_));
+        }
+        return out;
+    }
+
+private:
+    static constexpr size_t kChunk = size_t(8) << 20;  // floats per slot (32 MiB)
+    struct Slot {
+        PinnedBuffer<float> host;
+        DeviceBuffer<float> dev;
+        cudaEvent_t done = nullptr;
+    };
+    // The next slot, once the device has finished reading it, holding a copy of src[0, count).
+    Slot& stage(const float* src, size_t count) {
+        Slot& s = slots_[next_];
+        next_ ^= 1;
+        CUDA_CHECK(cudaEventSynchronize(s.done));  // returns at once for an event never recorded
+        std::memcpy(s.host.get(), src, count * sizeof(float));
+        return s;
+    }
+    cudaStream_t stream_;
+    Slot slots_[2];
+    int next_ = 0;
+};
+
+}  // namespace
+
+// ---- device state ------------------------------------------------------------------------------
+
+// A KV cache's storage on the GPU: KVCache::k / v's layout, [n_layers, capacity, kv_dim] f32.
+struct KVDevice {
+    DeviceBuffer<float> k, v;
+    int capacity = 0, kv_dim = 0;
+    float* k_layer(int L) const { return k.get() + int64_t(L) * capacity * kv_dim; }
+    float* v_layer(int L) const { return v.get() + int64_t(L) * capacity * kv_dim; }
+};
+
+// One site's rows waiting in the tap staging for the host: copied there on the copy stream,
+// handed to the hook (and --check-finite) when the call ends or the staging fills.
+struct QueuedSite {
+    Site site;
+    int layer;
+    size_t offset;  // floats into the staging
+    int rows, cols;
+    const int32_t* seq;
+    const int32_t* pos;
+    bool hook;    // false: only --check-finite wants it
+    bool commit;  // not a site: where the caches' lengths advance, between the last block and final_norm
+};
+
+// RunState::cuda: what one forward call needs besides the weights, kept for the next call.
+struct ForwardScratch {
+    DeviceBuffer<float> x, h, qkv, attn, proj, gate_up, mlp, last, logits;  // activations, as RunState's
+    DeviceBuffer<unsigned char> meta;      // per-call metadata (tokens, positions, sequences, K/V bases)
+    PinnedBuffer<unsigned char> meta_host;  // … staged here, sent with one copy
+    DeviceBuffer<float> tap_dev;            // read-only sites snapshot here on the compute stream,
+    PinnedBuffer<float> tap_host;           // … then copied here on the copy stream
+    size_t tap_used = 0;                    // floats of the staging in use
+    std::vector<QueuedSite> queued;
+    PinnedBuffer<float> round_trip;         // rows of a hook that may change them
+    size_t tap_capacity() const { return std::min(tap_dev.size(), tap_host.size()); }
+};
+
+namespace {
+
+// Device storage for a KV cache, made on first use. A cache a CPU model began is carried over
+// (its host copy is dropped: from here on the device holds the truth).
+KVDevice& kv_on_device(KVCache& kc, cudaStream_t stream) {
+    if (!kc.device) {
+        auto kv = std::make_shared<KVDevice>();
+        const size_t count = size_t(kc.n_layers) * size_t(kc.capacity) * size_t(kc.kv_dim);
+        kv->k = DeviceBuffer<float>(count);
+        kv->v = DeviceBuffer<float>(count);
+        kv->capacity = kc.capacity;
+        kv->kv_dim = kc.kv_dim;
+        if (kc.length > 0 && kc.k.size() == count) {
+            CUDA_CHECK(cudaMemcpyAsync(kv->k.get(), kc.k.data(), count * sizeof(float), cudaMemcpyHostToDevice, stream));
+            CUDA_CHECK(cudaMemcpyAsync(kv->v.get(), kc.v.data(), count * sizeof(float), cudaMemcpyHostToDevice, stream));
+            CUDA_CHECK(cudaStreamSynchronize(stream));
+        } else {
+            if (kc.length > 0) throw_error("", "internal: a KV cache of length " + std::to_string(kc.length) + " has no storage");
+            kv->k.zero(stream);  // like the CPU's zero-filled vectors (never read past length)
+            kv->v.zero(stream);
+        }
+        kc.k = {};
+        kc.v = {};
+        kc.device = std::move(kv);
+    }
+    return *kc.device;
+}
+
+// Where the forward pass hands a site's rows to the host: the hooks that want the site, and
+// --check-finite. Read-only hooks and finite checks queue an asynchronous copy and run later, in
+// order (drain); other hooks stop the pass for a round trip. Either way a hook sees the same
+// host rows, in the same order, as on the CPU.
+class Taps {
+public:
+    Taps(ForwardScratch& s, cudaStream_t stream, cudaStream_t copy_stream, cudaEvent_t ready, const Hooks* hooks,
+         bool check_finite, std::function<void()> advance_lengths)
+        : s_(s), stream_(stream), copy_(copy_stream), ready_(ready), hooks_(hooks), check_(check_finite),
+          advance_(std::move(advance_lengths)) {}
+
+    // Whether a site goes through the queue this call (rather than a round trip, or nowhere).
+    bool queues(Site site) const {
+        const bool hooked = hooks_ && hooks_->wants(site);
+        return hooked ? hooks_->read_only : check_;
+    }
+
+    // Staging room for `floats` queued floats (capped by the limit, but never below one site).
+    void reserve_staging(size_t floats, size_t site_floats) {
+        if (floats == 0) return;
+        const size_t room = std::max(site_floats, std::min(floats, g_tap_limit.load() / sizeof(float)));
+        if (s_.tap_capacity() < room) {
+            reserve(s_.tap_dev, room);
+            reserve(s_.tap_host, room);
+        }
+    }
+
+    // The rows [rows, cols] at device `data`, at one site.
+    void at(Site site, int layer, float* data, int rows, int cols, const int32_t* seq, const int32_t* pos) {
+        const bool hooked = hooks_ && hooks_->wants(site);
+        if (!hooked && !check_) return;
+        const size_t count = size_t(rows) * size_t(cols);
+        if (hooked && !hooks_->read_only) {
+            // The hook may change the rows (steering): out, hook, back, before the pass goes on.
+            drain();  // earlier sites first, as on the CPU
+            if (s_.round_trip.size() < count) CUDA_CHECK(cudaStreamSynchronize(stream_));  // the last copy back reads it
+            float* host = reserve(s_.round_trip, count);
+            CUDA_CHECK(cudaMemcpyAsync(host, data, count * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+            CUDA_CHECK(cudaStreamSynchronize(stream_));
+            const SiteView v{site, layer, host, rows, cols, seq, pos};
+            hooks_->on_site(v);
+            if (check_) check_site_finite(v);
+            CUDA_CHECK(cudaMemcpyAsync(data, host, count * sizeof(float), cudaMemcpyHostToDevice, stream_));
+            return;
+        }
+        if (count > s_.tap_capacity()) {
+            drain();
+            reserve(s_.tap_dev, count);
+            reserve(s_.tap_host, count);
+        }
+        if (s_.tap_used + count > s_.tap_capacity()) drain();
+        // Snapshot on the compute stream (which goes on to overwrite `data`: x is updated in
+        // place), then the copy stream takes the snapshot to the host while the compute goes on.
+        float* snap = s_.tap_dev.get() + s_.tap_used;
+        CUDA_CHECK(cudaMemcpyAsync(snap, data, count * sizeof(float), cudaMemcpyDeviceToDevice, stream_));
+        CUDA_CHECK(cudaEventRecord(ready_, stream_));
+        CUDA_CHECK(cudaStreamWaitEvent(copy_, ready_, 0));
+        CUDA_CHECK(cudaMemcpyAsync(s_.tap_host.get() + s_.tap_used, snap, count * sizeof(float), cudaMemcpyDeviceToHost,
+                                   copy_));
+        s_.queued.push_back(QueuedSite{site, layer, s_.tap_used, rows, cols, seq, pos, hooked, false});
+        s_.tap_used += count;
+    }
+
+    // After the last block: the CPU path advances the caches' lengths here, so a site queued
+    // before this point that fails --check-finite leaves them as they were, and one after it not.
+    void advance_lengths() {
+        if (s_.queued.empty()) advance_();
+        else s_.queued.push_back(QueuedSite{Site::Embed, -1, 0, 0, 0, nullptr, nullptr, false, true});
+    }
+
+    // Every queued site to its hook and finite check, in order, once its copy has landed.
+    void drain() {
+        if (s_.queued.empty()) return;
+        CUDA_CHECK(cudaStreamSynchronize(copy_));
+        for (const QueuedSite& q : s_.queued) {
+            if (q.commit) {
+                advance_();
+                continue;
+            }
+            const SiteView v{q.site, q.layer, s_.tap_host.get() + q.offset, q.rows, q.cols, q.seq, q.pos};
+            if (q.hook) hooks_->on_site(v);
+            if (check_) check_site_finite(v);
+        }
+        s_.queued.clear();
+        s_.tap_used = 0;
+    }
+
+private:
+    ForwardScratch& s_;
+    cudaStream_t stream_, copy_;
+    cudaEvent_t ready_;
+    const Hooks* hooks_;
+    bool check_;
+    std::function<void()> advance_;
+};
+
+// Per-call metadata in one block (one host→device copy): int32 arrays, then 8-byte aligned
+// pointer arrays. Offsets in bytes.
+struct MetaLayout {
+    size_t token, pos, slot, row0, len, pos0, k_base, v_base, bytes;
+    MetaLayout(int n, int ns, int n_layers) {
+        size_t o = 0;
+        auto take = [&o](size_t bytes) {
+            const size_t at = o;
+            o += bytes;
+            return at;
+        };
+        token = take(sizeof(int32_t) * size_t(n));
+        pos = take(sizeof(int32_t) * size_t(n));
+        slot = take(sizeof(int32_t) * size_t(n));
+        row0 = take(sizeof(int32_t) * size_t(ns));
+        len = take(sizeof(int32_t) * size_t(ns));
+        pos0 = take(sizeof(int32_t) * size_t(ns));
+        o = (o + 7) & ~size_t(7);
+        k_base = take(sizeof(float*) * size_t(ns) * size_t(n_layers));
+        v_base = take(sizeof(float*) * size_t(ns) * size_t(n_layers));
+        bytes = o;
+    }
+};
+
+}  // namespace
+
+// ---- weights ----------------------------------------------------------------------------------
+
+struct LayerDevice {
+    DeviceBuffer<float> attn_norm, bqkv, bo, q_norm, k_norm, post_attn_norm, mlp_norm, post_mlp_norm, b_gate_up, b_down;
+    DeviceBuffer<float> inv_freq;  // RoPE [head_dim/2] of this layer (Gemma 3: local or global)
+    DeviceBuffer<bf16> wqkv, wo, w_gate_up, w_down;
+};
+
+struct ForwardCuda::Impl {
+    cudaStream_t stream = nullptr;       // the forward pass
+    cudaStream_t copy_stream = nullptr;  // read-only taps on their way to the host
+    cudaEvent_t tap_ready = nullptr;     // "the snapshot is taken": the copy stream waits on it
+    std::unique_ptr<GemmContext> gemm;
+    DeviceBuffer<bf16> embed, lm_head;  // lm_head empty when tied: the output matrix is embed
+    DeviceBuffer<float> final_norm;
+    std::vector<LayerDevice> layers;
+    size_t bytes = 0;
+    std::string name;
+
+    const bf16* output() const { return lm_head.size() ? lm_head.get() : embed.get(); }
+    ~Impl() {
+        if (stream) cudaStreamSynchronize(stream);
+        if (copy_stream) cudaStreamSynchronize(copy_stream);
+        gemm.reset();
+        if (tap_ready) cudaEventDestroy(tap_ready);
+        if (copy_stream) cudaStreamDestroy(copy_stream);
+        if (stream) cudaStreamDestroy(stream);
+    }
+};
+
+ForwardCuda::ForwardCuda(const Model& m) : impl_(std::make_unique<Impl>()) {
+    Impl& g = *impl_;
+    const ModelConfig& c = m.config;
+    const Weights& w = m.weights;
+    if (m.inv_freq.size() != size_t(c.n_layers) || w.layers.size() != size_t(c.n_layers))
+        throw_error(m.path.c_str(), "internal: the model's layers are not all loaded");
+    int dev = 0;
+    CUDA_CHECK(cudaGetDevice(&dev));
+    g.name = device_name(dev);
+
+    // Refuse up front, with sizes, rather than fail halfway through the upload.
+    size_t bf16_count = w.embed.size() + w.lm_head.size(), f32_count = w.final_norm.size();
+    for (size_t L = 0; L < w.layers.size(); ++L) {
+        const LayerWeights& lw = w.layers[L];
+        bf16_count += lw.wqkv.size() + lw.wo.size() + lw.w_gate_up.size() + lw.w_down.size();
+        for (const auto* v : {&lw.attn_norm, &lw.bqkv, &lw.bo, &lw.q_norm, &lw.k_norm, &lw.post_attn_norm, &lw.mlp_norm,
+                              &lw.post_mlp_norm, &lw.b_gate_up, &lw.b_down, &m.inv_freq[L]})
+            f32_count += v->size();
+    }
+    g.bytes = bf16_count * sizeof(bf16) + f32_count * sizeof(float);
+    size_t free_bytes = 0, total_bytes = 0;
+    CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+    const size_t headroom = size_t(512) << 20;  // staging, cuBLAS workspace, a first batch's activations
+    if (g.bytes + headroom > free_bytes)
+        throw_error(m.path.c_str(), "the weights need " + gib(g.bytes) + " of GPU memory as bf16 (plus about " + gib(headroom) +
+                                " to run); " + g.name + " has " + gib(free_bytes) + " free of " + gib(total_bytes));
+
+    CUDA_CHECK(cudaStreamCreateWithFlags(&g.stream, cudaStreamNonBlocking));
+    CUDA_CHECK(cudaStreamCreateWithFlags(&g.copy_stream, cudaStreamNonBlocking));
+    CUDA_CHECK(cudaEventCreateWithFlags(&g.tap_ready, cudaEventDisableTiming));
+    g.gemm = std::make_unique<GemmContext>(g.stream);
+
+    Uploader up(g.stream);
+    g.embed = up.to_bf16(w.embed);
+    if (!w.lm_head.empty()) g.lm_head = up.to_bf16(w.lm_head);
+    g.final_norm = up.f32(w.final_norm);
+    g.layers.resize(w.layers.size());
+    for (size_t L = 0; L < w.layers.size(); ++L) {
+        const LayerWeights& lw = w.layers[L];
+        LayerDevice& ld = g.layers[L];
+        ld.attn_norm = up.f32(lw.attn_norm);
+        ld.wqkv = up.to_bf16(lw.wqkv);
+        ld.bqkv = up.f32(lw.bqkv);
+        ld.wo = up.to_bf16(lw.wo);
+        ld.bo = up.f32(lw.bo);
+        ld.q_norm = up.f32(lw.q_norm);
+        ld.k_norm = up.f32(lw.k_norm);
+        ld.post_attn_norm = up.f32(lw.post_attn_norm);
+        ld.mlp_norm = up.f32(lw.mlp_norm);
+        ld.post_mlp_norm = up.f32(lw.post_mlp_norm);
+        ld.w_gate_up = up.to_bf16(lw.w_gate_up);
+        ld.b_gate_up = up.f32(lw.b_gate_up);
+        ld.w_down = up.to_bf16(lw.w_down);
+        ld.b_down = up.f32(lw.b_down);
+        ld.inv_freq = up.f32(m.inv_freq[L]);
+    }
+    CUDA_CHECK(cudaStreamSynchronize(g.stream));
+}
+
+ForwardCuda::~ForwardCuda() = default;
+
+size_t ForwardCuda::weight_bytes() const { return impl_->bytes; }
+std::string ForwardCuda::device() const { return impl_->name; }
+
+// ---- the forward pass -------------------------------------------------------------------------
+
+std::vector<float> ForwardCuda::forward(const Model& m, RunState& st, std::span<const SeqInput> seqs,
+                                        const ForwardOptions& opt) {
+    Impl& g = *impl_;
+    if (!st.cuda) st.cuda = std::make_shared<ForwardScratch>();
+    ForwardScratch& s = *st.cuda;
+    const cudaStream_t cs = g.stream;
+    // On an exception (a hook's, --check-finite's, CUDA's) let both streams finish before the
+    // buffers and caches are touched again, and forget the queued sites.
+    struct Settle {
+        Impl& g;
+        ForwardScratch& s;
+        int uncaught = std::uncaught_exceptions();
+        ~Settle() {
+            if (std::uncaught_exceptions() == uncaught) return;
+            cudaStreamSynchronize(g.stream);
+            cudaStreamSynchronize(g.copy_stream);
+            s.queued.clear();
+            s.tap_used = 0;
+        }
+    } settle{g, s};
+
+    const ModelConfig& c = m.config;
+    const int d = c.hidden, hd = c.head_dim, qd = c.q_dim(), kvd = c.kv_dim(), I = c.intermediate, V = c.vocab_size;
+    const int qkv_w = qd + 2 * kvd;
+    const int n = int(st.token.size()), ns = int(seqs.size()), nl = int(st.logit_src.size());
+    const size_t nd = size_t(n) * size_t(d);
+    const int32_t* rs = st.row_seq.data();  // host: what hooks see
+    const int32_t* rp = st.row_pos.data();
+
+    // Metadata: tokens, positions, each row's sequence slot, the sequences, every layer's K/V
+    // base pointers (caches get device storage on first use) — one pinned block, one copy.
+    const MetaLayout ml(n, ns, c.n_layers);
+    unsigned char* mh = reserve(s.meta_host, ml.bytes);
+    unsigned char* md = reserve(s.meta, ml.bytes);
+    auto host_i32 = [mh](size_t off) { return reinterpret_cast<int32_t*>(mh + off); };
+    std::memcpy(host_i32(ml.token), st.token.data(), sizeof(int32_t) * size_t(n));
+    std::memcpy(host_i32(ml.pos), st.row_pos.data(), sizeof(int32_t) * size_t(n));
+    std::memcpy(host_i32(ml.row0), st.seg_row0.data(), sizeof(int32_t) * size_t(ns));
+    std::memcpy(host_i32(ml.len), st.seg_len.data(), sizeof(int32_t) * size_t(ns));
+    std::memcpy(host_i32(ml.pos0), st.seg_pos0.data(), sizeof(int32_t) * size_t(ns));
+    float** kb_host = reinterpret_cast<float**>(mh + ml.k_base);
+    float** vb_host = reinterpret_cast<float**>(mh + ml.v_base);
+    int max_len = 0, max_ctx = 0;
+    for (int si = 0; si < ns; ++si) {
+        const KVDevice& kv = kv_on_device(*seqs[size_t(si)].cache, cs);
+        for (int L = 0; L < c.n_layers; ++L) {
+            kb_host[size_t(L) * ns + si] = kv.k_layer(L);
+            vb_host[size_t(L) * ns + si] = kv.v_layer(L);
+        }
+        for (int r = st.seg_row0[size_t(si)]; r < st.seg_row0[size_t(si)] + st.seg_len[size_t(si)]; ++r)
+            host_i32(ml.slot)[r] = si;
+        max_len = std::max(max_len, st.seg_len[size_t(si)]);
+        max_ctx = std::max(max_ctx, st.seg_pos0[size_t(si)] + st.seg_len[size_t(si)]);
+    }
+    CUDA_CHECK(cudaMemcpyAsync(md, mh, ml.bytes, cudaMemcpyHostToDevice, cs));
+    const int32_t* token_d = reinterpret_cast<const int32_t*>(md + ml.token);
+    const int32_t* pos_d = reinterpret_cast<const int32_t*>(md + ml.pos);
+    const int32_t* slot_d = reinterpret_cast<const int32_t*>(md + ml.slot);
+    const int32_t* row0_d = reinterpret_cast<const int32_t*>(md + ml.row0);
+    const int32_t* len_d = reinterpret_cast<const int32_t*>(md + ml.len);
+    const int32_t* pos0_d = reinterpret_cast<const int32_t*>(md + ml.pos0);
+    float* const* k_base_d = reinterpret_cast<float* const*>(md + ml.k_base);
+    float* const* v_base_d = reinterpret_cast<float* const*>(md + ml.v_base);
+
+    float* x = reserve(s.x, nd);
+    float* h = reserve(s.h, nd);
+    float* qkv = reserve(s.qkv, size_t(n) * qkv_w);
+    float* attn = reserve(s.attn, size_t(n) * qd);
+    float* proj = reserve(s.proj, nd);
+    float* gate_up = reserve(s.gate_up, size_t(n) * 2 * I);
+    float* mlp = reserve(s.mlp, size_t(n) * I);
+
+    const Hooks* hooks = opt.hooks && opt.hooks->site_mask ? opt.hooks : nullptr;
+    const bool check_finite = check_finite_enabled();  // --check-finite: scans the host copies
+    Taps taps(s, cs, g.copy_stream, g.tap_ready, hooks, check_finite, [&seqs] {
+        for (const auto& q : seqs) q.cache->length += int(q.tokens.size());
+    });
+    {
+        size_t queued = 0;
+        if (taps.queues(Site::Embed)) queued += nd;
+        for (Site site : {Site::ResidPre, Site::AttnOut, Site::ResidMid, Site::MlpOut, Site::ResidPost})
+            if (taps.queues(site)) queued += size_t(c.n_layers) * nd;
+        if (hooks && hooks->wants(Site::FinalNorm) && taps.queues(Site::FinalNorm)) queued += nd;
+        taps.reserve_staging(queued, nd);
+    }
+    GemmContext& gemm = *g.gemm;
+    auto bias = [](const DeviceBuffer<float>& b) -> const float* { return b.size() ? b.get() : nullptr; };
+
+    cuda::embed(cs, x, g.embed.get(), token_d, n, d, c.embed_scale);  // Gemma: × sqrt(d), in f32
+    taps.at(Site::Embed, -1, x, n, d, rs, rp);
+
+    for (int L = 0; L < c.n_layers; ++L) {
+        const LayerDevice& lw = g.layers[size_t(L)];
+        taps.at(Site::ResidPre, L, x, n, d, rs, rp);
+
+        // attention: norm → fused qkv GEMM → (q/k norm) → RoPE → cache append → attend → o_proj
+        // (→ Gemma 2/3 post-attention norm)
+        rmsnorm(cs, h, x, lw.attn_norm.get(), n, d, c.norm_eps);
+        gemm.matmul_wt(qkv, h, lw.wqkv.get(), bias(lw.bqkv), n, qkv_w, d);
+        if (c.qk_norm) {
+            head_rmsnorm(cs, qkv, n, qkv_w, 0, c.n_heads, hd, lw.q_norm.get(), c.norm_eps);
+            head_rmsnorm(cs, qkv, n, qkv_w, qd, c.n_kv_heads, hd, lw.k_norm.get(), c.norm_eps);
+        }
+        rope(cs, qkv, n, qkv_w, 0, c.n_heads, hd, pos_d, lw.inv_freq.get());
+        rope(cs, qkv, n, qkv_w, qd, c.n_kv_heads, hd, pos_d, lw.inv_freq.get());
+        float* const* k_base = k_base_d + size_t(L) * ns;
+        float* const* v_base = v_base_d + size_t(L) * ns;
+        kv_append(cs, qkv, qkv_w, qd, kvd, n, slot_d, pos_d, k_base, v_base);
+        attention(cs, attn, qkv, qkv_w, ns, row0_d, len_d, pos0_d, k_base, v_base, kvd, c.n_heads, c.n_kv_heads, hd,
+                  c.attn_scale, c.layer_window[size_t(L)], c.attn_softcap, max_len, max_ctx);
+        gemm.matmul_wt(proj, attn, lw.wo.get(), bias(lw.bo), n, d, qd);
+        if (lw.post_attn_norm.size()) rmsnorm(cs, proj, proj, lw.post_attn_norm.get(), n, d, c.norm_eps);
+        taps.at(Site::AttnOut, L, proj, n, d, rs, rp);
+        add(cs, x, proj, int64_t(nd));
+        taps.at(Site::ResidMid, L, x, n, d, rs, rp);
+
+        // MLP: norm → fused gate/up GEMM → act(gate)·up → down (→ Gemma 2/3 post-feedforward norm)
+        rmsnorm(cs, h, x, lw.mlp_norm.get(), n, d, c.norm_eps);
+        gemm.matmul_wt(gate_up, h, lw.w_gate_up.get(), bias(lw.b_gate_up), n, 2 * I, d);
+        gated_act(cs, c.act, mlp, gate_up, n, I);
+        gemm.matmul_wt(proj, mlp, lw.w_down.get(), bias(lw.b_down), n, d, I);
+        if (lw.post_mlp_norm.size()) rmsnorm(cs, proj, proj, lw.post_mlp_norm.get(), n, d, c.norm_eps);
+        taps.at(Site::MlpOut, L, proj, n, d, rs, rp);
+        add(cs, x, proj, int64_t(nd));
+        taps.at(Site::ResidPost, L, x, n, d, rs, rp);
+    }
+    taps.advance_lengths();
+
+    // final norm (every row only when a hook wants it), then logits for the requested rows.
+    // nl == n means every row (all_logits, or a decode step): no gather. Otherwise the rows are
+    // gathered into `last` (never in place: a kernel's rows run concurrently), one copy per run
+    // of consecutive rows.
+    std::vector<int32_t> lseq(static_cast<size_t>(nl)), lpos(static_cast<size_t>(nl));
+    for (int i = 0; i < nl; ++i) {
+        lseq[size_t(i)] = rs[st.logit_src[size_t(i)]];
+        lpos[size_t(i)] = rp[st.logit_src[size_t(i)]];
+    }
+    const bool every_row = nl == n;
+    float* last = every_row ? nullptr : reserve(s.last, size_t(nl) * d);
+    auto gather = [&](const float* src) {
+        for (int i = 0; i < nl;) {
+            int j = i + 1;
+            while (j < nl && st.logit_src[size_t(j)] == st.logit_src[size_t(j - 1)] + 1) ++j;
+            copy2d(cs, last + size_t(i) * d, d, src + size_t(st.logit_src[size_t(i)]) * d, d, j - i, d);
+            i = j;
+        }
+    };
+    const float* normed = nullptr;
+    if (hooks && hooks->wants(Site::FinalNorm)) {
+        rmsnorm(cs, h, x, g.final_norm.get(), n, d, c.norm_eps);
+        taps.at(Site::FinalNorm, -1, h, n, d, rs, rp);
+        if (!every_row) gather(h);
+        normed = every_row ? h : last;
+    } else if (every_row) {
+        rmsnorm(cs, h, x, g.final_norm.get(), n, d, c.norm_eps);
+        normed = h;
+    } else {
+        gather(x);
+        rmsnorm(cs, last, last, g.final_norm.get(), nl, d, c.norm_eps);
+        normed = last;
+    }
+    float* logits_d = reserve(s.logits, size_t(nl) * size_t(V));
+    gemm.matmul_wt(logits_d, normed, g.output(), nullptr, nl, V, d);
+    if (c.final_softcap > 0) softcap(cs, logits_d, int64_t(nl) * V, c.final_softcap);  // Gemma 2
+    std::vector<float> logits(size_t(nl) * size_t(V));
+    CUDA_CHECK(cudaMemcpyAsync(logits.data(), logits_d, logits.size() * sizeof(float), cudaMemcpyDeviceToHost, cs));
+    CUDA_CHECK(cudaStreamSynchronize(cs));
+    taps.drain();  // the queued sites, in order, with the lengths advancing at their place among them
+
+    // The logits are host memory already: their hook runs in place, as on the CPU.
+    const SiteView lv{Site::Logits, -1, logits.data(), nl, V, lseq.data(), lpos.data()};
+    if (hooks && hooks->wants(Site::Logits)) hooks->on_site(lv);
+    if (check_finite) check_site_finite(lv);
+    return logits;
+}
+
+void ForwardCuda::copy_prefix(const KVCache& from, KVCache& to, int positions) {
+    Impl& g = *impl_;
+    if (!from.device) throw_error("", "internal: copy_prefix from a KV cache with no device storage");
+    const KVDevice& src = *from.device;
+    KVDevice& dst = kv_on_device(to, g.stream);
+    const size_t bytes = size_t(positions) * size_t(src.kv_dim) * sizeof(float);
+    for (int L = 0; L < from.n_layers; ++L) {
+        CUDA_CHECK(cudaMemcpyAsync(dst.k_layer(L), src.k_layer(L), bytes, cudaMemcpyDeviceToDevice, g.stream));
+        CUDA_CHECK(cudaMemcpyAsync(dst.v_layer(L), src.v_layer(L), bytes, cudaMemcpyDeviceToDevice, g.stream));
+    }
+    CUDA_CHECK(cudaStreamSynchronize(g.stream));
+}
+
+// ---- device facts -----------------------------------------------------------------------------
+
+std::string device_summary(int i) {
+    cudaDeviceProp p{};
+    CUDA_CHECK(cudaGetDeviceProperties(&p, i));
+    return std::string(p.name) + " (sm_" + std::to_string(p.major) + std::to_string(p.minor) + "), " +
+           gib(p.totalGlobalMem) + ", " + std::to_string(p.multiProcessorCount) + " SMs";
+}
+
+std::string runtime_summary() {
+    int runtime = 0, driver = 0;
+    cudaRuntimeGetVersion(&runtime);
+    cudaDriverGetVersion(&driver);  // 0 without a driver
+    auto version = [](int v) { return std::to_string(v / 1000) + "." + std::to_string(v % 1000 / 10); };
+    return "CUDA runtime " + version(runtime) + ", driver " + (driver ? version(driver) : std::string("none"));
+}
+
+void set_tap_staging_limit(size_t bytes) { g_tap_limit.store(std::max<size_t>(bytes, 1)); }
+
+}  // namespace stitch::cuda
