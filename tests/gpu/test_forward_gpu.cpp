@@ -7,6 +7,8 @@
 // steering as on the CPU; --check-finite naming the same site; `stitch --device cuda`.
 // Without a GPU (or in a build without CUDA) every case says it skipped and passes.
 #include <doctest/doctest.h>
+
+#include "gpu_test_util.h"
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -37,24 +39,7 @@ using namespace stitch;
 
 namespace {
 
-// Why GPU tests cannot run here, or empty when they can.
-std::string skip_reason() {
-#ifdef STITCH_HAVE_CUDA
-    std::string why;
-    if (cuda::device_count(&why) == 0) return "no CUDA device (" + why + ")";
-    return "";
-#else
-    return "this build has no CUDA (nvcc was not found)";
-#endif
-}
-
-bool skipped(const char* what) {
-    const std::string why = skip_reason();
-    if (why.empty()) return false;
-    std::printf("test-gpu: skipped %s: %s\n", what, why.c_str());
-    MESSAGE("skipped: ", why);
-    return true;
-}
+bool skipped(const char* what) { return test::gpu_skipped(what); }
 
 const char* kModels[] = {"llama_tied", "llama_untied", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text"};
 

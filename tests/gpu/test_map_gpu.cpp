@@ -4,6 +4,8 @@
 // shapes. Without a GPU (or in a build without CUDA) every case says it skipped and passes.
 #include <doctest/doctest.h>
 
+#include "gpu_test_util.h"
+
 #include <cmath>
 #include <cstdio>
 #include <random>
@@ -20,24 +22,7 @@ using namespace stitch;
 
 namespace {
 
-// Why GPU tests cannot run here, or empty when they can.
-std::string skip_reason() {
-#ifdef STITCH_HAVE_CUDA
-    std::string why;
-    if (cuda::device_count(&why) == 0) return "no CUDA device (" + why + ")";
-    return "";
-#else
-    return "this build has no CUDA (nvcc was not found)";
-#endif
-}
-
-bool skipped(const char* what) {
-    const std::string why = skip_reason();
-    if (why.empty()) return false;
-    std::printf("test-gpu: skipped %s: %s\n", what, why.c_str());
-    MESSAGE("skipped: ", why);
-    return true;
-}
+bool skipped(const char* what) { return test::gpu_skipped(what); }
 
 // ‖a − b‖ / ‖b‖: one component whose tiny gradient rounds to the other sign on the other
 // device moves by up to lr through AdamW's normalisation, so the max-abs error of a large

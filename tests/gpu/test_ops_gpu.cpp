@@ -6,6 +6,8 @@
 // and passes.
 #include <doctest/doctest.h>
 
+#include "gpu_test_util.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdarg>
@@ -28,24 +30,7 @@ using namespace stitch;
 
 namespace {
 
-// Why GPU tests cannot run here, or empty when they can.
-std::string skip_reason() {
-#ifdef STITCH_HAVE_CUDA
-    std::string why;
-    if (cuda::device_count(&why) == 0) return "no CUDA device (" + why + ")";
-    return "";
-#else
-    return "this build has no CUDA (nvcc was not found)";
-#endif
-}
-
-bool skipped(const char* what) {
-    const std::string why = skip_reason();
-    if (why.empty()) return false;
-    std::printf("test-gpu: skipped %s: %s\n", what, why.c_str());
-    MESSAGE("skipped: ", why);
-    return true;
-}
+bool skipped(const char* what) { return test::gpu_skipped(what); }
 
 #ifdef STITCH_HAVE_CUDA
 
