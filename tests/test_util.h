@@ -16,6 +16,15 @@
 
 namespace test {
 
+// n normal(0, scale) floats from a fixed seed: the random inputs op tests compare backends on.
+inline std::vector<float> randn(size_t n, uint64_t seed, float scale = 1.0f) {
+    std::mt19937_64 rng(seed);
+    std::normal_distribution<float> d(0.0f, scale);
+    std::vector<float> v(n);
+    for (auto& x : v) x = d(rng);
+    return v;
+}
+
 // Built with AddressSanitizer (`make test-sanitize`): memory measurements include its shadow
 // memory and quarantine, so bounds on peak RSS do not apply.
 #if defined(__SANITIZE_ADDRESS__)

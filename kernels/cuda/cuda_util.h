@@ -56,25 +56,34 @@ const CublasApi& cublas();
 void sgemm_rm(cublasHandle_t h, bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float* A, int lda,
               const float* B, int ldb, float beta, float* C, int ldc);
 
-// A device array of n elements, freed with its owner.
-template <typename T>
-class DeviceBuffer {
+// An array of n elements allocated by one CUDA allocator and freed with its owner: device
+// memory (DeviceBuffer) or page-locked host memory (PinnedBuffer, what asynchronous copies
+// between host and device need and run at full speed from).
+enum class Memory { Device, Pinned };
+
+template <typename T, Memory M>
+class CudaArray {
 public:
-    DeviceBuffer() = default;
-    explicit DeviceBuffer(size_t n) : n_(n) {
-        if (n) CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&p_), n * sizeof(T)));
+    CudaArray() = default;
+    explicit CudaArray(size_t n) : n_(n) {
+        if (!n) return;
+        void** p = reinterpret_cast<void**>(&p_);
+        if constexpr (M == Memory::Device) CUDA_CHECK(cudaMalloc(p, n * sizeof(T)));
+        else CUDA_CHECK(cudaMallocHost(p, n * sizeof(T)));
     }
-    ~DeviceBuffer() {
-        if (p_) cudaFree(p_);
+    ~CudaArray() {
+        if (!p_) return;
+        if constexpr (M == Memory::Device) cudaFree(p_);
+        else cudaFreeHost(p_);
     }
-    DeviceBuffer(DeviceBuffer&& o) noexcept : p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)) {}
-    DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    CudaArray(CudaArray&& o) noexcept : p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)) {}
+    CudaArray& operator=(CudaArray&& o) noexcept {
         std::swap(p_, o.p_);
         std::swap(n_, o.n_);
         return *this;
     }
-    DeviceBuffer(const DeviceBuffer&) = delete;
-    DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+    CudaArray(const CudaArray&) = delete;
+    CudaArray& operator=(const CudaArray&) = delete;
     T* get() const { return p_; }
     size_t size() const { return n_; }
     void zero(cudaStream_t s) {
@@ -85,5 +94,10 @@ private:
     T* p_ = nullptr;
     size_t n_ = 0;
 };
+
+template <typename T>
+using DeviceBuffer = CudaArray<T, Memory::Device>;
+template <typename T>
+using PinnedBuffer = CudaArray<T, Memory::Pinned>;
 
 }  // namespace stitch::cuda

@@ -29,33 +29,6 @@ std::string gib(size_t bytes) {
     return buf;
 }
 
-// Page-locked host memory: what asynchronous device↔host copies need (and run at full speed from).
-template <typename T>
-class PinnedBuffer {
-public:
-    PinnedBuffer() = default;
-    explicit PinnedBuffer(size_t n) : n_(n) {
-        if (n) CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&p_), n * sizeof(T)));
-    }
-    ~PinnedBuffer() {
-        if (p_) cudaFreeHost(p_);
-    }
-    PinnedBuffer(PinnedBuffer&& o) noexcept : p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)) {}
-    PinnedBuffer& operator=(PinnedBuffer&& o) noexcept {
-        std::swap(p_, o.p_);
-        std::swap(n_, o.n_);
-        return *this;
-    }
-    PinnedBuffer(const PinnedBuffer&) = delete;
-    PinnedBuffer& operator=(const PinnedBuffer&) = delete;
-    T* get() const { return p_; }
-    size_t size() const { return n_; }
-
-private:
-    T* p_ = nullptr;
-    size_t n_ = 0;
-};
-
 // At least n elements, contents not kept. Buffers only grow (a quarter extra, so a batch that
 // grows a little each call does not reallocate each time): decode steps reuse prefill's.
 template <typename Buffer>

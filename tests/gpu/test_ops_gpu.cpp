@@ -7,6 +7,7 @@
 #include <doctest/doctest.h>
 
 #include "gpu_test_util.h"
+#include "../test_util.h"
 
 #include <algorithm>
 #include <cmath>
@@ -36,13 +37,7 @@ bool skipped(const char* what) { return test::gpu_skipped(what); }
 
 namespace check = cuda::check;
 
-std::vector<float> randn(size_t n, uint64_t seed, float scale = 1.0f) {
-    std::mt19937_64 rng(seed);
-    std::normal_distribution<float> d(0.0f, scale);
-    std::vector<float> v(n);
-    for (auto& x : v) x = d(rng);
-    return v;
-}
+using test::randn;
 
 std::vector<float> rounded_bf16(std::vector<float> v) {
     for (auto& x : v) x = cpu::round_bf16(x);
