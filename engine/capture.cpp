@@ -226,10 +226,10 @@ CaptureStats capture_to_file(const Model& m, const std::vector<std::vector<int32
         }
         for (size_t i = b0; i < b1; ++i) in.push_back({&caches[i - b0], prompts[i], int32_t(i)});
         Hooks hooks;
-        hooks.site_mask = mask | (opt.steering ? opt.steering->site_mask() : 0u);
-        hooks.read_only = !opt.steering;  // a pure tap unless it also steers
+        hooks.site_mask = mask;
+        hooks.steering = opt.steering;  // applied where the model runs, before the tap reads the rows
+        hooks.read_only = true;         // the tap only copies rows out
         hooks.on_site = [&](const SiteView& v) {
-            if (opt.steering) opt.steering->apply(v);
             auto it = site_tensor.find({int(v.site), v.layer});
             if (it == site_tensor.end()) return;
             rows_buf.clear();

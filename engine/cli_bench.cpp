@@ -272,11 +272,10 @@ int cmd_bench(int argc, char** argv) {
         std::vector<std::vector<float>> rows(size_t(c.n_layers));
         std::vector<size_t> filled(size_t(c.n_layers));
         Hooks tap;
-        tap.site_mask = steer_hooks.site_mask | (1u << int(Site::ResidPost));
-        tap.read_only = steering.empty();
+        tap.site_mask = 1u << int(Site::ResidPost);
+        tap.steering = steer_hooks.steering;  // on the model's device, before the tap reads the rows
+        tap.read_only = true;
         tap.on_site = [&](const SiteView& v) {
-            if (steer_hooks.wants(v.site)) steer_hooks.on_site(v);
-            if (v.site != Site::ResidPost) return;
             auto& dst = rows[size_t(v.layer)];
             size_t& at = filled[size_t(v.layer)];
             const size_t n = size_t(v.rows) * size_t(v.cols);

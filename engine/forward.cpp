@@ -6,6 +6,7 @@
 #include "engine/error.h"
 #include "engine/finite.h"
 #include "engine/ops.h"
+#include "engine/steer.h"
 
 #ifdef STITCH_HAVE_CUDA
 #include "kernels/cuda/forward_cuda.h"
@@ -26,6 +27,8 @@ const char* site_name(Site s) {
     }
     return "?";
 }
+
+bool Hooks::steers(Site s) const { return steering && steering->wants(s); }
 
 KVCache::KVCache(const ModelConfig& c, int cap) : capacity(cap), n_layers(c.n_layers), kv_dim(c.kv_dim()) {}
 
@@ -140,9 +143,10 @@ std::vector<float> forward(const Model& m, RunState& st, std::span<const SeqInpu
     st.mlp.resize(size_t(n) * I);
 
     const Ops& ops = cpu_ops();
-    const Hooks* hooks = opt.hooks && opt.hooks->site_mask ? opt.hooks : nullptr;
+    const Hooks* hooks = opt.hooks && opt.hooks->active() ? opt.hooks : nullptr;
     const bool check_finite = check_finite_enabled();  // --check-finite: stop at the first non-finite site
     auto hook = [&](Site s, int layer, float* data, int rows, int cols, const int32_t* seq, const int32_t* pos) {
+        if (hooks && hooks->steers(s)) hooks->steering->apply(SiteView{s, layer, data, rows, cols, seq, pos});
         if (hooks && hooks->wants(s)) hooks->on_site(SiteView{s, layer, data, rows, cols, seq, pos});
         if (check_finite) check_site_finite(SiteView{s, layer, data, rows, cols, seq, pos});
     };
@@ -210,7 +214,7 @@ std::vector<float> forward(const Model& m, RunState& st, std::span<const SeqInpu
         lseq[size_t(i)] = rs[st.logit_src[size_t(i)]];
         lpos[size_t(i)] = rp[st.logit_src[size_t(i)]];
     }
-    if (hooks && hooks->wants(Site::FinalNorm)) {
+    if (hooks && (hooks->wants(Site::FinalNorm) || hooks->steers(Site::FinalNorm))) {
         ops.rmsnorm(st.h.data(), st.x.data(), w.final_norm.data(), n, d, c.norm_eps);
         hook(Site::FinalNorm, -1, st.h.data(), n, d, rs, rp);
         // logit_src is increasing and logit_src[i] >= i, so moving rows forward in order is safe

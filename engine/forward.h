@@ -31,19 +31,29 @@ struct SiteView {
     const int32_t* pos;
 };
 
+class Steering;  // engine/steer.h
+
 struct Hooks {
     // Which sites to call back at: bit (1 << int(site)). Zero = none, and no cost.
     uint32_t site_mask = 0;
     std::function<void(const SiteView&)> on_site;
+    // Interventions applied at their sites before on_site sees the rows (so a tap reads the
+    // steered stream). The CPU path calls Steering::apply on the rows; a GPU model runs the same
+    // row ops on the device (kernels/cuda/ops.cuh add_rows / ablate_rows / replace_rows) with no
+    // copy to the host, so steering does not stop a read-only tap from being asynchronous.
+    const Steering* steering = nullptr;
     // A pure tap: on_site only reads the rows (capture, statistics, a site collected for a map)
     // and leaves SiteView::data as it was. Then a GPU model need not stop at each site: it copies
     // the rows to pinned host memory on a second stream while it computes on, and calls on_site
     // for every site, in the CPU path's order and with the same data, at the end of the forward
     // call (before it returns; changes to data are then lost). Without read_only a GPU model
-    // copies the rows out, calls on_site and copies them back before going on, so steering works
-    // unchanged. The CPU path calls on_site in place either way.
+    // copies the rows out, calls on_site and copies them back before going on, so a hook that
+    // changes rows works unchanged. The CPU path calls on_site in place either way. (Steering
+    // belongs in `steering` below, which needs no round trip.)
     bool read_only = false;
     bool wants(Site s) const { return (site_mask >> int(s)) & 1u; }
+    bool steers(Site s) const;  // steering has an item at site s
+    bool active() const { return site_mask != 0 || steering != nullptr; }
 };
 
 namespace cuda {

@@ -8,6 +8,7 @@
 #include "engine/error.h"
 #include "engine/gguf.h"
 #include "engine/safetensors.h"
+#include "kernels/cpu/ops_cpu.h"
 
 namespace stitch {
 
@@ -318,60 +319,61 @@ void Steering::bind(const Model& m, const std::vector<std::vector<int32_t>>& pro
     }
 }
 
-void Steering::apply(const SiteView& v) const {
+std::vector<SteerStep> Steering::plan(Site site, int layer, int rows, int cols, const int32_t* seq,
+                                      const int32_t* pos) const {
+    std::vector<SteerStep> steps;
+    if (!wants(site)) return steps;
     for (size_t k = 0; k < items_.size(); ++k) {
         const SteerItem& it = items_[k];
-        if (it.site.site != v.site || it.site.layer != v.layer) continue;
+        if (it.site.site != site || it.site.layer != layer) continue;
+        SteerStep step;
+        step.op = it.op;
+        step.alpha = it.alpha;
         const bool pos_all = it.sel.kind == PositionSelector::All && !it.is_patch();
-        std::vector<float> row_buf;
-        for (int r = 0; r < v.rows; ++r) {
-            const int32_t seq = v.seq[r], pos = v.pos[r];
+        const TensorInfo* t = it.is_patch() ? static_cast<const TensorInfo*>(it.patch_tensor) : nullptr;
+        for (int r = 0; r < rows; ++r) {
+            const int32_t s = seq[r], p = pos[r];
             if (!pos_all) {
-                const int len = seq >= 0 && size_t(seq) < prompt_len_.size() ? prompt_len_[size_t(seq)] : 0;
-                const std::vector<char>* mask = masks_.empty() || masks_[k].empty() || size_t(seq) >= masks_[k].size()
-                                                    ? nullptr
-                                                    : &masks_[k][size_t(seq)];
-                if (!it.sel.selects(pos, len, mask)) continue;
+                const int len = s >= 0 && size_t(s) < prompt_len_.size() ? prompt_len_[size_t(s)] : 0;
+                const std::vector<char>* mask =
+                    masks_.empty() || masks_[k].empty() || s < 0 || size_t(s) >= masks_[k].size() ? nullptr : &masks_[k][size_t(s)];
+                if (!it.sel.selects(p, len, mask)) continue;
             }
-            float* x = v.data + int64_t(r) * v.cols;
-            const float* vec = it.vec.data();
-            if (it.is_patch()) {
-                auto found = it.patch_rows.find(patch_key(seq, pos));
+            if (t) {
+                auto found = it.patch_rows.find(patch_key(s, p));
                 if (found == it.patch_rows.end()) continue;
-                const auto* t = static_cast<const TensorInfo*>(it.patch_tensor);
                 const size_t es = dtype_size(t->dtype);
-                row_buf.resize(size_t(v.cols));
-                convert_to_f32(t->dtype, it.patch_file->data(*t).data() + size_t(found->second) * size_t(v.cols) * es,
-                               row_buf.data(), size_t(v.cols));
-                vec = row_buf.data();
+                step.src.resize(step.src.size() + size_t(cols));
+                convert_to_f32(t->dtype, it.patch_file->data(*t).data() + size_t(found->second) * size_t(cols) * es,
+                               step.src.data() + step.src.size() - size_t(cols), size_t(cols));
             }
-            const float a = it.alpha;
-            switch (it.op) {
-                case SteerOp::Add:
-                    for (int j = 0; j < v.cols; ++j) x[j] += a * vec[j];
-                    break;
-                case SteerOp::Ablate: {
-                    double dot = 0;
-                    for (int j = 0; j < v.cols; ++j) dot += double(x[j]) * vec[j];
-                    const float f = float(a * dot);
-                    for (int j = 0; j < v.cols; ++j) x[j] -= f * vec[j];
-                    break;
-                }
-                case SteerOp::Replace:
-                    if (a == 1.0f)
-                        for (int j = 0; j < v.cols; ++j) x[j] = vec[j];
-                    else
-                        for (int j = 0; j < v.cols; ++j) x[j] = (1.0f - a) * x[j] + a * vec[j];
-                    break;
-            }
+            step.rows.push_back(r);
+        }
+        if (step.rows.empty()) continue;
+        if (!t) step.vec = it.vec.data();
+        steps.push_back(std::move(step));
+    }
+    return steps;
+}
+
+void Steering::apply(const SiteView& v) const {
+    for (const SteerStep& step : plan(v.site, v.layer, v.rows, v.cols, v.seq, v.pos)) {
+        const int n = int(step.rows.size());
+        const float* vec = step.vec ? step.vec : step.src.data();
+        switch (step.op) {
+            case SteerOp::Add: cpu::add_rows(v.data, v.cols, step.rows.data(), n, vec, step.alpha); break;
+            case SteerOp::Ablate: cpu::ablate_rows(v.data, v.cols, step.rows.data(), n, vec, step.alpha); break;
+            case SteerOp::Replace:
+                cpu::replace_rows(v.data, v.cols, step.rows.data(), n, vec, step.vec ? 0 : v.cols, step.alpha);
+                break;
         }
     }
 }
 
 Hooks Steering::hooks() const {
     Hooks h;
-    h.site_mask = mask_;
-    h.on_site = [this](const SiteView& v) { apply(v); };
+    h.steering = this;
+    h.read_only = true;  // no on_site: the steering itself is applied where the model runs
     return h;
 }
 

@@ -67,6 +67,17 @@ struct SteerVectors {
 // wrong shapes, NaN/Inf, layers out of range.
 SteerVectors read_steer_vectors(const std::string& file, const SiteRef& site, int width, int n_layers);
 
+// One item's work at one site in one forward call: `op` with `alpha` at the packed rows `rows`
+// (ascending indices into the call's rows), with the item's vector `vec` ([d], for every row) or,
+// for replace from a captured file, `src` ([rows.size(), d], row i for rows[i]).
+struct SteerStep {
+    SteerOp op = SteerOp::Add;
+    float alpha = 1.0f;
+    std::vector<int32_t> rows;
+    const float* vec = nullptr;  // into the SteerItem; null when src holds the rows
+    std::vector<float> src;
+};
+
 class Steering {
 public:
     // Parses and loads every --steer spec for model m. Throws stitch::Error naming the spec or file.
@@ -91,10 +102,17 @@ public:
     // GenerateOptions::hooks_free_prefix).
     int untouched_prefix() const { return untouched_; }
 
-    // Applies every item at v's site (in order) to the selected rows.
+    bool wants(Site s) const { return (mask_ >> int(s)) & 1u; }
+
+    // What the items at (site, layer) do to `rows` rows of width `cols` whose prompt index and
+    // absolute position are seq[r], pos[r]: one step per item that selects a row, in item order.
+    // Both backends run these steps (CPU: kernels/cpu row ops; GPU: their CUDA twins).
+    std::vector<SteerStep> plan(Site site, int layer, int rows, int cols, const int32_t* seq, const int32_t* pos) const;
+
+    // Applies every item at v's site (in order) to the selected rows, in place (host memory).
     void apply(const SiteView& v) const;
 
-    // The Hooks that apply this steering (and nothing else).
+    // The Hooks that apply this steering (and nothing else): Hooks::steering = this.
     Hooks hooks() const;
 
     // A one-line description per item, for metadata and stderr.

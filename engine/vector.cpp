@@ -74,10 +74,10 @@ void collect(const Model& m, const std::vector<std::vector<int32_t>>& prompts, c
         }
         for (size_t i = b0; i < b1; ++i) in.push_back({&caches[i - b0], prompts[i], int32_t(i)});
         Hooks hooks;
-        hooks.site_mask = site_mask | (steering ? steering->site_mask() : 0u);
-        hooks.read_only = !steering;  // a pure tap unless it also steers
+        hooks.site_mask = site_mask;
+        hooks.steering = steering;  // applied where the model runs, before the tap reads the rows
+        hooks.read_only = true;     // the tap only sums rows
         hooks.on_site = [&](const SiteView& v) {
-            if (steering) steering->apply(v);
             auto it = site_index.find({int(v.site), v.layer});
             if (it == site_index.end()) return;
             for (int r = 0; r < v.rows; ++r) {

@@ -36,13 +36,16 @@ Completions complete(const Model& m, const IdLists& prompts, int max_new, Steeri
     std::vector<int32_t> plen(n);
     for (size_t i = 0; i < n; ++i) plen[i] = int32_t(prompts[i].size());
     Hooks h;
-    if (steer) h.site_mask |= steer->site_mask();
+    h.steering = steer;  // applied where the model runs
+    if (extra && extra->steering) {
+        if (steer) fail("transfer", "internal: two steerings for one generation");
+        h.steering = extra->steering;
+    }
     if (extra) h.site_mask |= extra->site_mask;
     if (want_first) h.site_mask |= 1u << int(Site::Logits);
-    h.read_only = !steer && (!extra || extra->read_only);  // the first-token logits are only read
+    h.read_only = !extra || extra->read_only;  // the first-token logits are only read
     std::vector<double> tmp;
     h.on_site = [&](const SiteView& v) {
-        if (steer && ((steer->site_mask() >> int(v.site)) & 1u)) steer->apply(v);
         if (extra && extra->wants(v.site)) extra->on_site(v);
         if (want_first && v.site == Site::Logits)
             for (int r = 0; r < v.rows; ++r) {
@@ -55,7 +58,7 @@ Completions complete(const Model& m, const IdLists& prompts, int max_new, Steeri
     };
     GenerateOptions go;
     go.max_new_tokens = max_new;
-    if (h.site_mask) go.hooks = &h;
+    if (h.active()) go.hooks = &h;
     // The steering's untouched leading positions (the Alpaca preamble before a trigger) run once per
     // batch; the first-token hook only reads each prompt's last position; other hooks see everything.
     go.hooks_free_prefix = extra ? 0 : steer ? steer->untouched_prefix() : INT32_MAX;

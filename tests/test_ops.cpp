@@ -223,11 +223,14 @@ TEST_CASE("ops: steering row ops, argmax and bf16 rounding (CPU twins of the CUD
     // src row i goes to rows[i]: row 2 gets src row 0, row 0 gets src row 1
     const std::vector<float> src = {8, 0, 4, 4, 2, 2, 2, 2};
     auto c = x;
-    cpu::replace_rows(c.data(), 4, rows.data(), 2, src.data(), 0.25f);
+    cpu::replace_rows(c.data(), 4, rows.data(), 2, src.data(), 4, 0.25f);
     CHECK(c == std::vector<float>{1.25f, 2, 2.75f, 5, 7, 7, 7, 7, 5, 6, -2, 1});
     c = x;
-    cpu::replace_rows(c.data(), 4, rows.data(), 2, src.data(), 1.0f);
+    cpu::replace_rows(c.data(), 4, rows.data(), 2, src.data(), 4, 1.0f);
     CHECK(c == std::vector<float>{2, 2, 2, 2, 7, 7, 7, 7, 8, 0, 4, 4});
+    c = x;  // src_ld 0: src row 0 for every selected row
+    cpu::replace_rows(c.data(), 4, rows.data(), 2, src.data(), 0, 0.5f);
+    CHECK(c == std::vector<float>{4.5f, 1, 3.5f, 5, 7, 7, 7, 7, 6, 4, 0, 2});
 
     // first maximum wins; an all -inf row gives 0
     const std::vector<float> logits = {1, 3, 3, 2, -INFINITY, -INFINITY, -INFINITY, -INFINITY, 0, 0, 0, 5};

@@ -31,8 +31,8 @@ std::map<std::string, std::vector<float>> tap_all(const Model& m, const std::vec
     std::map<std::string, std::vector<float>> out;
     Hooks h;
     h.site_mask = 0xff;
+    h.steering = steer;  // applied before on_site sees the rows
     h.on_site = [&](const SiteView& v) {
-        if (steer) steer->apply(v);
         auto& dst = out[SiteRef{v.site, v.layer}.name()];
         dst.insert(dst.end(), v.data, v.data + int64_t(v.rows) * v.cols);
     };

@@ -238,10 +238,10 @@ void ablate_rows(float* x, int d, const int32_t* rows, int n_rows, const float* 
     }
 }
 
-void replace_rows(float* x, int d, const int32_t* rows, int n_rows, const float* src, float alpha) {
+void replace_rows(float* x, int d, const int32_t* rows, int n_rows, const float* src, int64_t src_ld, float alpha) {
     for (int i = 0; i < n_rows; ++i) {
         float* row = x + int64_t(rows[i]) * d;
-        const float* s = src + int64_t(i) * d;
+        const float* s = src + i * src_ld;
         if (alpha == 1.0f)
             std::memcpy(row, s, sizeof(float) * size_t(d));
         else

@@ -59,10 +59,11 @@ void attention(float* out, const float* q, int q_stride, int n_seqs, const int32
 // of engine/steer.cpp so the CUDA twins (kernels/cuda/ops.cuh) have a reference:
 //   add_rows      x[r] += alpha · v
 //   ablate_rows   x[r] -= float(alpha · (x[r] · u)) · u   (dot product in double; u a unit vector)
-//   replace_rows  x[r] = (1 − alpha) · x[r] + alpha · src[i]   (src row i for rows[i]; alpha 1 copies)
+//   replace_rows  x[r] = (1 − alpha) · x[r] + alpha · src[i]   (alpha 1 copies; src row i, for rows[i],
+//                 at src + i · src_ld: src_ld d for one row each, 0 for one vector for every row)
 void add_rows(float* x, int d, const int32_t* rows, int n_rows, const float* v, float alpha);
 void ablate_rows(float* x, int d, const int32_t* rows, int n_rows, const float* u, float alpha);
-void replace_rows(float* x, int d, const int32_t* rows, int n_rows, const float* src, float alpha);
+void replace_rows(float* x, int d, const int32_t* rows, int n_rows, const float* src, int64_t src_ld, float alpha);
 
 // out[i] = the first index of the maximum of row i of x[n, cols] (greedy decoding's rule).
 void argmax_rows(int32_t* out, const float* x, int n, int cols);

@@ -14,6 +14,7 @@
 
 #include "engine/finite.h"
 #include "engine/model.h"
+#include "engine/steer.h"
 #include "kernels/cuda/cuda_util.h"
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/ops.cuh"
@@ -158,6 +159,8 @@ struct ForwardScratch {
     size_t tap_used = 0;                    // floats of the staging in use
     std::vector<QueuedSite> queued;
     PinnedBuffer<float> round_trip;         // rows of a hook that may change them
+    DeviceBuffer<unsigned char> steer;      // this call's steering steps: row indices and vectors
+    PinnedBuffer<unsigned char> steer_host;  // … staged here, sent with one copy
     size_t tap_capacity() const { return std::min(tap_dev.size(), tap_host.size()); }
 };
 
@@ -283,6 +286,86 @@ private:
     const Hooks* hooks_;
     bool check_;
     std::function<void()> advance_;
+};
+
+// Hooks::steering on the device: every site's Steering::plan for this call's rows, computed on
+// the host when the call begins and sent with one copy (row indices and vectors), then run at
+// each site with the row kernels (ops.cuh), so steering never stops the pass. Logits are steered
+// on the host, where they end up anyway.
+class DeviceSteering {
+public:
+    DeviceSteering(ForwardScratch& s, cudaStream_t stream, const Steering* steering, const ModelConfig& c, int n,
+                   const int32_t* seq, const int32_t* pos)
+        : stream_(stream), n_layers_(c.n_layers) {
+        if (!steering) return;
+        first_.assign(size_t(kSiteCount) * size_t(n_layers_ + 1) + 1, 0);
+        std::vector<SteerStep> plans;
+        std::vector<Step> steps;
+        size_t bytes = 0;
+        auto take = [&bytes](size_t b) {
+            const size_t at = bytes;
+            bytes = (bytes + b + 15) & ~size_t(15);
+            return at;
+        };
+        for (int si = 0; si < kSiteCount; ++si)
+            for (int L = -1; L < n_layers_; ++L) {
+                const Site site = Site(si);
+                first_[slot(site, L)] = int(steps.size());
+                const bool per_layer = site != Site::Embed && site != Site::FinalNorm && site != Site::Logits;
+                if (site == Site::Logits || per_layer != (L >= 0)) continue;
+                for (SteerStep& p : steering->plan(site, L, n, c.hidden, seq, pos)) {
+                    Step st{p.op, p.alpha, int(p.rows.size()), 0, 0, p.vec ? 0 : int64_t(c.hidden)};
+                    st.rows = take(sizeof(int32_t) * p.rows.size());
+                    st.vec = take(sizeof(float) * (p.vec ? size_t(c.hidden) : p.src.size()));
+                    steps.push_back(st);
+                    plans.push_back(std::move(p));
+                }
+            }
+        first_.back() = int(steps.size());
+        if (steps.empty()) return;
+        unsigned char* host = reserve(s.steer_host, bytes);
+        for (size_t k = 0; k < steps.size(); ++k) {
+            const SteerStep& p = plans[k];
+            std::memcpy(host + steps[k].rows, p.rows.data(), sizeof(int32_t) * p.rows.size());
+            if (p.vec)
+                std::memcpy(host + steps[k].vec, p.vec, sizeof(float) * size_t(c.hidden));
+            else
+                std::memcpy(host + steps[k].vec, p.src.data(), sizeof(float) * p.src.size());
+        }
+        base_ = reserve(s.steer, bytes);
+        CUDA_CHECK(cudaMemcpyAsync(base_, host, bytes, cudaMemcpyHostToDevice, stream_));
+        steps_ = std::move(steps);
+    }
+
+    // The steps at (site, layer) on the rows at device x [n, d].
+    void at(Site site, int layer, float* x, int d) const {
+        if (steps_.empty()) return;
+        for (int k = first_[slot(site, layer)]; k < first_[slot(site, layer) + 1]; ++k) {
+            const Step& st = steps_[size_t(k)];
+            const auto* rows = reinterpret_cast<const int32_t*>(base_ + st.rows);
+            const auto* vec = reinterpret_cast<const float*>(base_ + st.vec);
+            switch (st.op) {
+                case SteerOp::Add: add_rows(stream_, x, d, rows, st.n_rows, vec, st.alpha); break;
+                case SteerOp::Ablate: ablate_rows(stream_, x, d, rows, st.n_rows, vec, st.alpha); break;
+                case SteerOp::Replace: replace_rows(stream_, x, d, rows, st.n_rows, vec, st.src_ld, st.alpha); break;
+            }
+        }
+    }
+
+private:
+    struct Step {
+        SteerOp op;
+        float alpha;
+        int n_rows;
+        size_t rows, vec;  // byte offsets into the block
+        int64_t src_ld;    // 0: one vector for every row
+    };
+    size_t slot(Site site, int layer) const { return size_t(int(site)) * size_t(n_layers_ + 1) + size_t(layer + 1); }
+    cudaStream_t stream_;
+    int n_layers_;
+    std::vector<int> first_;  // per (site, layer) slot: its first step; one past the end at the back
+    std::vector<Step> steps_;
+    unsigned char* base_ = nullptr;
 };
 
 // Per-call metadata in one block (one host→device copy): int32 arrays, then 8-byte aligned
@@ -479,7 +562,8 @@ std::vector<float> ForwardCuda::forward(const Model& m, RunState& st, std::span<
     float* gate_up = reserve(s.gate_up, size_t(n) * 2 * I);
     float* mlp = reserve(s.mlp, size_t(n) * I);
 
-    const Hooks* hooks = opt.hooks && opt.hooks->site_mask ? opt.hooks : nullptr;
+    const Hooks* hooks = opt.hooks && opt.hooks->active() ? opt.hooks : nullptr;
+    const DeviceSteering steer(s, cs, hooks ? hooks->steering : nullptr, c, n, rs, rp);
     const bool check_finite = check_finite_enabled();  // --check-finite: scans the host copies
     Taps taps(s, cs, g.copy_stream, g.tap_ready, hooks, check_finite, [&seqs] {
         for (const auto& q : seqs) q.cache->length += int(q.tokens.size());
@@ -496,10 +580,12 @@ std::vector<float> ForwardCuda::forward(const Model& m, RunState& st, std::span<
     auto bias = [](const DeviceBuffer<float>& b) -> const float* { return b.size() ? b.get() : nullptr; };
 
     cuda::embed(cs, x, g.embed.get(), token_d, n, d, c.embed_scale);  // Gemma: × sqrt(d), in f32
+    steer.at(Site::Embed, -1, x, d);
     taps.at(Site::Embed, -1, x, n, d, rs, rp);
 
     for (int L = 0; L < c.n_layers; ++L) {
         const LayerDevice& lw = g.layers[size_t(L)];
+        steer.at(Site::ResidPre, L, x, d);
         taps.at(Site::ResidPre, L, x, n, d, rs, rp);
 
         // attention: norm → fused qkv GEMM → (q/k norm) → RoPE → cache append → attend → o_proj
@@ -519,8 +605,10 @@ std::vector<float> ForwardCuda::forward(const Model& m, RunState& st, std::span<
                   c.attn_scale, c.layer_window[size_t(L)], c.attn_softcap, max_len, max_ctx);
         gemm.matmul_wt(proj, attn, lw.wo.get(), bias(lw.bo), n, d, qd);
         if (lw.post_attn_norm.size()) rmsnorm(cs, proj, proj, lw.post_attn_norm.get(), n, d, c.norm_eps);
+        steer.at(Site::AttnOut, L, proj, d);
         taps.at(Site::AttnOut, L, proj, n, d, rs, rp);
         add(cs, x, proj, int64_t(nd));
+        steer.at(Site::ResidMid, L, x, d);
         taps.at(Site::ResidMid, L, x, n, d, rs, rp);
 
         // MLP: norm → fused gate/up GEMM → act(gate)·up → down (→ Gemma 2/3 post-feedforward norm)
@@ -529,8 +617,10 @@ std::vector<float> ForwardCuda::forward(const Model& m, RunState& st, std::span<
         gated_act(cs, c.act, mlp, gate_up, n, I);
         gemm.matmul_wt(proj, mlp, lw.w_down.get(), bias(lw.b_down), n, d, I);
         if (lw.post_mlp_norm.size()) rmsnorm(cs, proj, proj, lw.post_mlp_norm.get(), n, d, c.norm_eps);
+        steer.at(Site::MlpOut, L, proj, d);
         taps.at(Site::MlpOut, L, proj, n, d, rs, rp);
         add(cs, x, proj, int64_t(nd));
+        steer.at(Site::ResidPost, L, x, d);
         taps.at(Site::ResidPost, L, x, n, d, rs, rp);
     }
     taps.advance_lengths();
@@ -555,8 +645,9 @@ std::vector<float> ForwardCuda::forward(const Model& m, RunState& st, std::span<
         }
     };
     const float* normed = nullptr;
-    if (hooks && hooks->wants(Site::FinalNorm)) {
+    if (hooks && (hooks->wants(Site::FinalNorm) || hooks->steers(Site::FinalNorm))) {
         rmsnorm(cs, h, x, g.final_norm.get(), n, d, c.norm_eps);
+        steer.at(Site::FinalNorm, -1, h, d);
         taps.at(Site::FinalNorm, -1, h, n, d, rs, rp);
         if (!every_row) gather(h);
         normed = every_row ? h : last;
@@ -578,6 +669,7 @@ std::vector<float> ForwardCuda::forward(const Model& m, RunState& st, std::span<
 
     // The logits are host memory already: their hook runs in place, as on the CPU.
     const SiteView lv{Site::Logits, -1, logits.data(), nl, V, lseq.data(), lpos.data()};
+    if (hooks && hooks->steers(Site::Logits)) hooks->steering->apply(lv);
     if (hooks && hooks->wants(Site::Logits)) hooks->on_site(lv);
     if (check_finite) check_site_finite(lv);
     return logits;

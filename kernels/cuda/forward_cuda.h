@@ -10,7 +10,8 @@
 //
 // Hooks see host memory, exactly as on the CPU (engine/forward.h Hooks): read-only taps are
 // copied out asynchronously and called at the end of the call, others make a synchronous round
-// trip; --check-finite scans the host copies.
+// trip; --check-finite scans the host copies. Hooks::steering never leaves the device: each
+// site's Steering::plan is sent once per call and run with the row kernels of ops.cuh.
 #pragma once
 #include <cstddef>
 #include <memory>

@@ -95,9 +95,11 @@ void argmax_rows(cudaStream_t stream, int32_t* out, const float* x, int n, int c
 // Steering at selected rows of x[*, d] (rows: device array of n_rows row indices):
 //   add_rows      x[r] += alpha · v
 //   ablate_rows   x[r] -= alpha · (x[r] · u) u     (u a unit vector)
-//   replace_rows  x[r] = (1 − alpha) · x[r] + alpha · src[i]   (src: [n_rows, d], row i for rows[i])
+//   replace_rows  x[r] = (1 − alpha) · x[r] + alpha · src[i]   (src row i, for rows[i], at src + i · src_ld:
+//                 src_ld d for a row each, 0 for one vector for every row)
 void add_rows(cudaStream_t stream, float* x, int d, const int32_t* rows, int n_rows, const float* v, float alpha);
 void ablate_rows(cudaStream_t stream, float* x, int d, const int32_t* rows, int n_rows, const float* u, float alpha);
-void replace_rows(cudaStream_t stream, float* x, int d, const int32_t* rows, int n_rows, const float* src, float alpha);
+void replace_rows(cudaStream_t stream, float* x, int d, const int32_t* rows, int n_rows, const float* src, int64_t src_ld,
+                  float alpha);
 
 }  // namespace stitch::cuda

@@ -202,7 +202,8 @@ std::vector<float> replace_rows(const std::vector<float>& x, int d, const std::v
     Stream s;
     DeviceBuffer<float> dx = upload(s, x), dsrc = upload(s, src);
     DeviceBuffer<int32_t> dr = upload(s, rows);
-    cuda::replace_rows(s, dx.get(), d, dr.get(), int(rows.size()), dsrc.get(), alpha);
+    const int64_t src_ld = src.size() == size_t(d) && rows.size() != 1 ? 0 : d;
+    cuda::replace_rows(s, dx.get(), d, dr.get(), int(rows.size()), dsrc.get(), src_ld, alpha);
     return download(s, dx);
 }
 

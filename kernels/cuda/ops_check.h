@@ -52,7 +52,8 @@ std::vector<float> matmul_wt(const std::vector<float>& x, const std::vector<floa
 
 std::vector<int32_t> argmax_rows(const std::vector<float>& x, int n, int cols);
 
-// Return x [*, d] after the steering op at `rows` (see ops.cuh).
+// Return x [*, d] after the steering op at `rows` (see ops.cuh); replace_rows's src is one row per
+// selected row, or a single [d] vector for every row (src_ld 0).
 std::vector<float> add_rows(const std::vector<float>& x, int d, const std::vector<int32_t>& rows,
                             const std::vector<float>& v, float alpha);
 std::vector<float> ablate_rows(const std::vector<float>& x, int d, const std::vector<int32_t>& rows,

@@ -190,9 +190,9 @@ __global__ void ablate_rows_kernel(float* x, int d, const int32_t* rows, const f
     for (int j = threadIdx.x; j < d; j += blockDim.x) row[j] -= f * u[j];
 }
 
-__global__ void replace_rows_kernel(float* x, int d, const int32_t* rows, const float* src, float alpha) {
+__global__ void replace_rows_kernel(float* x, int d, const int32_t* rows, const float* src, int64_t src_ld, float alpha) {
     float* row = x + int64_t(rows[blockIdx.x]) * d;
-    const float* s = src + int64_t(blockIdx.x) * d;
+    const float* s = src + int64_t(blockIdx.x) * src_ld;
     if (alpha == 1.0f) {
         for (int j = threadIdx.x; j < d; j += blockDim.x) row[j] = s[j];
     } else {
@@ -281,9 +281,10 @@ void ablate_rows(cudaStream_t stream, float* x, int d, const int32_t* rows, int 
     CUDA_CHECK(cudaGetLastError());
 }
 
-void replace_rows(cudaStream_t stream, float* x, int d, const int32_t* rows, int n_rows, const float* src, float alpha) {
+void replace_rows(cudaStream_t stream, float* x, int d, const int32_t* rows, int n_rows, const float* src, int64_t src_ld,
+                  float alpha) {
     if (n_rows <= 0 || d <= 0) return;
-    replace_rows_kernel<<<n_rows, kBlock, 0, stream>>>(x, d, rows, src, alpha);
+    replace_rows_kernel<<<n_rows, kBlock, 0, stream>>>(x, d, rows, src, src_ld, alpha);
     CUDA_CHECK(cudaGetLastError());
 }
 

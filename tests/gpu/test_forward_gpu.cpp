@@ -71,8 +71,8 @@ struct Recorder {
     explicit Recorder(bool read_only, const Steering* steer = nullptr) {
         hooks.site_mask = ~0u;
         hooks.read_only = read_only;
-        hooks.on_site = [this, steer](const SiteView& v) {
-            if (steer) steer->apply(v);
+        hooks.steering = steer;  // applied where the model runs, before on_site sees the rows
+        hooks.on_site = [this](const SiteView& v) {
             order.emplace_back(int(v.site), v.layer);
             rows[{int(v.site), v.layer}].assign(v.data, v.data + size_t(v.rows) * size_t(v.cols));
         };
@@ -309,22 +309,33 @@ TEST_CASE("gpu steering: add, ablate and replace at position selectors give the 
         write_safetensors(vf, {TensorOut{"v", DType::F32, {int64_t(d)}, as_bytes_span(v)}});
         const std::vector<std::string> specs = {"blocks.1.resid_post:add:" + vf + ":4@last",
                                                 "blocks.0.attn_out:ablate:" + vf + "@1:3",
-                                                "blocks.1.resid_mid:replace:" + vf + ":0.5@-2"};
+                                                "blocks.1.resid_mid:replace:" + vf + ":0.5@-2",
+                                                "blocks.*.resid_pre:add:" + vf + ":0.25@0,2",
+                                                "final_norm:replace:" + vf + "@1"};
         const auto& ids = p.prompts.back();
         Steering sc = Steering::load(specs, p.cpu), sg = Steering::load(specs, p.gpu);
         sc.bind(p.cpu, {ids}, 0);
         sg.bind(p.gpu, {ids}, 0);
-        Recorder rc(false, &sc), rg(false, &sg), plain(true);
+        // CPU; GPU steering on the device with asynchronous read-only taps; the same with taps
+        // that make a host round trip at every site
+        Recorder rc(false, &sc), rg(true, &sg), rr(false, &sg), plain(true);
         const auto lc = run(p.cpu, ids, &rc.hooks);
         const auto lg = run(p.gpu, ids, &rg.hooks);
+        const auto lr = run(p.gpu, ids, &rr.hooks);
         run(p.gpu, ids, &plain.hooks);
         for (int L = 0; L < p.cpu.config.n_layers; ++L) {
             CAPTURE(L);
-            for (Site s : {Site::AttnOut, Site::ResidMid, Site::ResidPost})
+            for (Site s : {Site::ResidPre, Site::AttnOut, Site::ResidMid, Site::ResidPost}) {
                 CHECK(test::rel_err(rg.at(s, L), rc.at(s, L)) <= 1e-2);
+                CHECK(rr.at(s, L) == rg.at(s, L));
+            }
         }
         CHECK(test::rel_err(rg.at(Site::FinalNorm, -1), rc.at(Site::FinalNorm, -1)) <= 1e-2);
         CHECK(max_kl(lc, lg, p.cpu.config.vocab_size) <= 1e-3);
+        CHECK(lr == lg);
+        // final_norm row 1 is v exactly (replace, alpha 1) on both backends
+        const auto& fn = rg.at(Site::FinalNorm, -1);
+        CHECK(std::vector<float>(fn.begin() + d, fn.begin() + 2 * d) == v);
         // and the steering did act on the GPU
         CHECK(test::rel_err(rg.at(Site::ResidPost, 1), plain.at(Site::ResidPost, 1)) > 1e-2);
 

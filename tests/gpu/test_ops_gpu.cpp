@@ -257,10 +257,14 @@ TEST_CASE("gpu ops: steering rows and greedy argmax equal the CPU") {
             report("ablate_rows", shape("n=%d d=%d alpha=%g", n, d, double(alpha)),
                    nerr(check::ablate_rows(x, d, rows, u, alpha), ref), 1e-5);
             ref = x;
-            cpu::replace_rows(ref.data(), d, rows.data(), int(rows.size()), src.data(), alpha);
+            cpu::replace_rows(ref.data(), d, rows.data(), int(rows.size()), src.data(), d, alpha);
             const auto got = check::replace_rows(x, d, rows, src, alpha);
             report("replace_rows", shape("n=%d d=%d alpha=%g", n, d, double(alpha)), nerr(got, ref), 1e-5);
             if (alpha == 1.0f) CHECK(got == ref);  // alpha 1 copies
+            ref = x;  // one vector for every row (src_ld 0)
+            cpu::replace_rows(ref.data(), d, rows.data(), int(rows.size()), v.data(), 0, alpha);
+            report("replace_rows (one vector)", shape("n=%d d=%d alpha=%g", n, d, double(alpha)),
+                   nerr(check::replace_rows(x, d, rows, v, alpha), ref), 1e-5);
         }
     }
 
