@@ -218,26 +218,22 @@ int cmd_bench(int argc, char** argv) {
     }
 
     // Decode: `rows` sequences, each a 16-token prompt, then n_decode greedy steps of one token per
-    // sequence with the KV cache. Returns the seconds of the steps (the prompts are not timed).
-    std::mt19937_64 srng(0);
+    // sequence with the KV cache, each token picked where the model runs (ForwardOptions::next, as
+    // `stitch generate` does). Returns the seconds of the steps (the prompts are not timed).
     auto decode = [&](int rows) {
         std::vector<KVCache> caches;
         caches.reserve(size_t(rows));
         for (int b = 0; b < rows; ++b) caches.emplace_back(c, kDecodePrompt + n_decode + 1);
         std::vector<SeqInput> in(static_cast<size_t>(rows));
         for (int b = 0; b < rows; ++b) in[size_t(b)] = {&caches[size_t(b)], prompts[size_t(first_decode + b)], first_decode + b};
-        auto logits = forward(m, st, in, fo);
-        std::vector<int32_t> tok(static_cast<size_t>(rows));
-        auto pick = [&] {
-            for (int b = 0; b < rows; ++b)
-                tok[size_t(b)] = sample_token(logits.data() + int64_t(b) * c.vocab_size, c.vocab_size, {}, srng);
-        };
-        pick();
+        std::vector<int32_t> tok;
+        ForwardOptions step = fo;  // greedy: SamplingParams' default
+        step.next = &tok;
+        forward(m, st, in, step);
         auto t0 = Clock::now();
         for (int i = 0; i < n_decode; ++i) {
             for (int b = 0; b < rows; ++b) in[size_t(b)].tokens = std::span<const int32_t>(&tok[size_t(b)], 1);
-            logits = forward(m, st, in, fo);
-            pick();
+            forward(m, st, in, step);
         }
         return seconds_since(t0);
     };

@@ -28,6 +28,14 @@ const char* site_name(Site s) {
     return "?";
 }
 
+void pick_tokens(const float* logits, int rows, int vocab, const ForwardOptions& opt) {
+    if (opt.sampling.temperature > 0.0f && !opt.rng) fail("", "internal: sampling without a random generator");
+    opt.next->resize(size_t(rows));
+    std::mt19937_64 unused;
+    for (int i = 0; i < rows; ++i)
+        (*opt.next)[size_t(i)] = sample_token(logits + int64_t(i) * vocab, vocab, opt.sampling, opt.rng ? *opt.rng : unused);
+}
+
 bool Hooks::steers(Site s) const { return steering && steering->wants(s); }
 
 KVCache::KVCache(const ModelConfig& c, int cap) : capacity(cap), n_layers(c.n_layers), kv_dim(c.kv_dim()) {}
@@ -227,6 +235,10 @@ std::vector<float> forward(const Model& m, RunState& st, std::span<const SeqInpu
     ops.matmul_wt(logits.data(), st.h.data(), w.output().data(), nullptr, nl, c.vocab_size, d);
     if (c.final_softcap > 0) ops.softcap(logits.data(), int64_t(nl) * c.vocab_size, c.final_softcap);  // Gemma 2
     hook(Site::Logits, -1, logits.data(), nl, c.vocab_size, lseq.data(), lpos.data());
+    if (opt.next) {
+        pick_tokens(logits.data(), nl, c.vocab_size, opt);
+        return {};
+    }
     return logits;
 }
 

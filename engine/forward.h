@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "engine/model.h"
+#include "engine/sampling.h"
 
 namespace stitch {
 
@@ -101,6 +102,14 @@ struct SeqInput {
 struct ForwardOptions {
     bool all_logits = false;  // logits for every token, else only each sequence's last
     const Hooks* hooks = nullptr;
+    // Tokens instead of logits: with `next` set, each logits row's next token is picked by
+    // `sampling` (engine/sampling.h; one sample_uniform draw from *rng per row, in row order,
+    // when it samples) into *next, and forward() returns no logits. A GPU model picks them on the
+    // device and copies one id per row to the host, unless the logits must reach the host anyway
+    // (a Logits hook or steering, --check-finite); then it picks them there by the same rule.
+    std::vector<int32_t>* next = nullptr;
+    SamplingParams sampling;
+    std::mt19937_64* rng = nullptr;  // needed when sampling.temperature > 0
 };
 
 // Scratch buffers reused across calls (resized on demand).
@@ -115,9 +124,13 @@ struct RunState {
 
 // Runs the new tokens of every sequence through the model, on the device the model is on
 // (Model::backend()). Returns logits (host memory) [rows, vocab] where rows = total tokens
-// (all_logits) or one per sequence (its last).
+// (all_logits) or one per sequence (its last); with ForwardOptions::next, those rows' tokens
+// in *next and an empty vector.
 // Throws stitch::Error for token ids outside the vocabulary or a full KV cache, and, with
 // set_check_finite(true) (engine/finite.h), for the first site holding NaN or Inf.
 std::vector<float> forward(const Model& m, RunState& st, std::span<const SeqInput> seqs, const ForwardOptions& opt = {});
+
+// ForwardOptions::next on host logits [rows, vocab] (both backends' host path).
+void pick_tokens(const float* logits, int rows, int vocab, const ForwardOptions& opt);
 
 }  // namespace stitch

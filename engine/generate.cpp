@@ -9,52 +9,16 @@
 #include <regex>
 
 #include "engine/error.h"
+#include "kernels/cpu/ops_cpu.h"
 
 namespace stitch {
 
+double sample_uniform(const SamplingParams& p, std::mt19937_64& rng) {
+    return p.temperature > 0.0f ? double(rng() >> 11) * 0x1.0p-53 : 0.0;
+}
+
 int32_t sample_token(const float* logits, int vocab, const SamplingParams& p, std::mt19937_64& rng) {
-    if (p.temperature <= 0.0f) {
-        int32_t best = 0;
-        for (int i = 1; i < vocab; ++i)
-            if (logits[i] > logits[best]) best = i;
-        return best;
-    }
-    std::vector<int32_t> idx(static_cast<size_t>(vocab));
-    std::iota(idx.begin(), idx.end(), 0);
-    size_t keep = size_t(vocab);
-    if (p.top_k > 0 && size_t(p.top_k) < keep) {
-        keep = size_t(p.top_k);
-        std::partial_sort(idx.begin(), idx.begin() + long(keep), idx.end(),
-                          [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); });
-    } else {
-        std::sort(idx.begin(), idx.end(),
-                  [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); });
-    }
-    std::vector<double> prob(keep);
-    const double mx = double(logits[idx[0]]) / p.temperature;
-    double sum = 0;
-    for (size_t i = 0; i < keep; ++i) sum += prob[i] = std::exp(double(logits[idx[i]]) / p.temperature - mx);
-    if (p.top_p < 1.0f) {
-        // Smallest prefix whose mass reaches top_p (always at least one token).
-        double cum = 0;
-        size_t cut = keep;
-        for (size_t i = 0; i < keep; ++i) {
-            cum += prob[i] / sum;
-            if (cum >= p.top_p) {
-                cut = i + 1;
-                break;
-            }
-        }
-        keep = cut;
-        sum = std::accumulate(prob.begin(), prob.begin() + long(keep), 0.0);
-    }
-    // One uniform draw in [0, sum): 53 random bits, independent of the library's distributions.
-    double u = double(rng() >> 11) * 0x1.0p-53 * sum;
-    for (size_t i = 0; i < keep; ++i) {
-        u -= prob[i];
-        if (u < 0) return idx[i];
-    }
-    return idx[keep - 1];
+    return cpu::sample_row(logits, vocab, p.temperature, p.top_k, p.top_p, sample_uniform(p, rng));
 }
 
 std::vector<Generation> generate(const Model& m, const std::vector<std::vector<int32_t>>& prompts,
@@ -73,6 +37,10 @@ std::vector<Generation> generate(const Model& m, const std::vector<std::vector<i
     RunState st;
     ForwardOptions fo;
     fo.hooks = opt.hooks;
+    std::vector<int32_t> picked;  // each active sequence's next token, picked where the model runs
+    fo.next = &picked;
+    fo.sampling = opt.sampling;
+    fo.rng = &rng;
     // The shared prefix: run once (as prompt 0), then copied into every other prompt's cache.
     size_t shared = 0;
     if (opt.share_prefix && prompts.size() > 1) {
@@ -87,7 +55,9 @@ std::vector<Generation> generate(const Model& m, const std::vector<std::vector<i
     }
     if (shared > 0) {
         SeqInput pre{&caches[0], std::span<const int32_t>(prompts[0].data(), shared), int32_t(opt.first_id)};
-        forward(m, st, std::span<const SeqInput>(&pre, 1), fo);
+        ForwardOptions prefix = fo;
+        prefix.next = nullptr;  // no token is wanted here (and no draw taken)
+        forward(m, st, std::span<const SeqInput>(&pre, 1), prefix);
         for (size_t i = 1; i < prompts.size(); ++i) copy_prefix(m, caches[0], caches[i], int(shared));
     }
     std::vector<size_t> active(prompts.size());
@@ -102,11 +72,11 @@ std::vector<Generation> generate(const Model& m, const std::vector<std::vector<i
                                                       : std::span<const int32_t>(&next[i], 1);
             in.push_back(SeqInput{&caches[i], toks, int32_t(opt.first_id + int(i))});
         }
-        std::vector<float> logits = forward(m, st, in, fo);
+        forward(m, st, in, fo);
         std::vector<size_t> still;
         for (size_t a = 0; a < active.size(); ++a) {
             size_t i = active[a];
-            int32_t tok = sample_token(&logits[a * size_t(c.vocab_size)], c.vocab_size, opt.sampling, rng);
+            const int32_t tok = picked[a];
             out[i].new_ids.push_back(tok);
             next[i] = tok;
             ++produced;

@@ -10,20 +10,9 @@
 #include <vector>
 
 #include "engine/forward.h"
+#include "engine/sampling.h"
 
 namespace stitch {
-
-struct SamplingParams {
-    float temperature = 0.0f;  // 0 = greedy
-    int top_k = 0;             // 0 = off
-    float top_p = 1.0f;        // 1 = off
-    uint64_t seed = 0;
-};
-
-// Picks the next token from one row of logits. Greedy takes the first maximum (as
-// torch.argmax does). Sampling: temperature, then top-k, then top-p over the sorted
-// probabilities, then one draw from rng.
-int32_t sample_token(const float* logits, int vocab, const SamplingParams& p, std::mt19937_64& rng);
 
 struct GenerateOptions {
     int max_new_tokens = 32;

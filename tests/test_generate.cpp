@@ -4,6 +4,8 @@
 #include <cmath>
 
 #include "engine/generate.h"
+#include "engine/model.h"
+#include "kernels/cpu/ops_cpu.h"
 #include "test_util.h"
 
 using namespace stitch;
@@ -14,7 +16,12 @@ TEST_CASE("sampling: greedy takes the first maximum, as torch.argmax does") {
     CHECK(sample_token(l.data(), 4, {}, rng) == 1);
     SamplingParams k1;
     k1.temperature = 1.5f;
-    k1.top_k = 1;
+    k1.top_k = 1;  // ties at the k-th largest stay (as HF's top-k warper keeps them): 1 or 3
+    for (int i = 0; i < 50; ++i) {
+        const int32_t t = sample_token(l.data(), 4, k1, rng);
+        CHECK((t == 1 || t == 3));
+    }
+    l[3] = 1.9f;
     for (int i = 0; i < 50; ++i) CHECK(sample_token(l.data(), 4, k1, rng) == 1);
 }
 
@@ -71,6 +78,79 @@ TEST_CASE("sampling: the same seed gives the same draws") {
     }
     CHECK(da == db);
     CHECK(da != dc);
+}
+
+TEST_CASE("sampling: sample_row's rule, measured exactly over a grid of u (the CUDA twin's reference)") {
+    // Each kept token owns an interval of u of its renormalised probability, in vocabulary order.
+    auto share = [](const std::vector<float>& l, float T, int k, float top_p) {
+        std::vector<double> f(l.size(), 0);
+        const int n = 100000;
+        for (int i = 0; i < n; ++i) f[size_t(cpu::sample_row(l.data(), int(l.size()), T, k, top_p, (i + 0.5) / n))] += 1.0 / n;
+        return f;
+    };
+    // probabilities 0.1, 0.4, 0.2, 0.3 (vocabulary order differs from the ranking)
+    const std::vector<float> l = {std::log(0.1f), std::log(0.4f), std::log(0.2f), std::log(0.3f)};
+    auto f = share(l, 1.0f, 0, 1.0f);
+    for (size_t i = 0; i < 4; ++i) CHECK(f[i] == doctest::Approx(std::exp(double(l[i]))).epsilon(1e-3));
+    // the lowest u draws the first kept token in vocabulary order, the highest the last
+    CHECK(cpu::sample_row(l.data(), 4, 1.0f, 0, 1.0f, 0.0) == 0);
+    CHECK(cpu::sample_row(l.data(), 4, 1.0f, 0, 1.0f, 0.999999) == 3);
+    f = share(l, 1.0f, 2, 1.0f);  // top-k 2: 0.4 and 0.3
+    CHECK(f[1] == doctest::Approx(4.0 / 7).epsilon(1e-3));
+    CHECK(f[3] == doctest::Approx(3.0 / 7).epsilon(1e-3));
+    CHECK(f[0] + f[2] == 0.0);
+    f = share(l, 1.0f, 0, 0.75f);  // top-p 0.75: 0.4 + 0.3 = 0.7 < 0.75, so 0.2 joins
+    CHECK(f[0] == 0.0);
+    CHECK(f[2] == doctest::Approx(2.0 / 9).epsilon(1e-3));
+    f = share(l, 1.0f, 3, 0.5f);  // top-k 3 (0.9 of the mass), then top-p 0.5 of that: 0.4 + 0.3
+    CHECK(f[1] == doctest::Approx(4.0 / 7).epsilon(1e-3));
+    CHECK(f[2] == 0.0);
+    // ties at the k-th largest all stay
+    const std::vector<float> tied = {1.0f, 3.0f, 1.0f, 0.0f};
+    f = share(tied, 1.0f, 2, 1.0f);
+    CHECK(f[0] > 0.0);
+    CHECK(f[2] > 0.0);
+    CHECK(f[3] == 0.0);
+    // tokens more than kSampleCut nats below the best are never drawn
+    const std::vector<float> far = {-41.0f, 0.0f}, near = {-39.0f, 0.0f};
+    CHECK(cpu::sample_row(far.data(), 2, 1.0f, 0, 1.0f, 0.0) == 1);
+    CHECK(cpu::sample_row(near.data(), 2, 1.0f, 0, 1.0f, 0.0) == 0);
+    // greedy ignores u; a row whose best is not finite gives its first maximum
+    CHECK(cpu::sample_row(l.data(), 4, 0.0f, 0, 1.0f, 0.9) == 1);
+    const std::vector<float> inf = {0.0f, INFINITY, INFINITY};
+    CHECK(cpu::sample_row(inf.data(), 3, 1.0f, 0, 1.0f, 0.0) == 1);
+}
+
+TEST_CASE("sampling: forward(next) picks the same tokens as sample_token on forward's logits") {
+    const Model m = load_model(test::fixture("models/qwen2"));
+    const std::vector<std::vector<int32_t>> prompts = {{1, 5, 9, 3}, {2, 7}, {4, 4, 4, 8, 1}};
+    for (float T : {0.0f, 0.9f}) {
+        ForwardOptions fo;
+        fo.sampling.temperature = T;
+        fo.sampling.top_p = 0.95f;
+        auto run = [&](bool tokens, std::mt19937_64& rng) {
+            std::vector<KVCache> caches;
+            std::vector<SeqInput> in;
+            for (const auto& p : prompts) caches.emplace_back(m.config, int(p.size()));
+            for (size_t i = 0; i < prompts.size(); ++i) in.push_back(SeqInput{&caches[i], prompts[i], int32_t(i)});
+            RunState st;
+            std::vector<int32_t> next;
+            ForwardOptions o = fo;
+            o.rng = &rng;
+            if (tokens) o.next = &next;
+            auto logits = forward(m, st, in, o);
+            if (tokens) {
+                CHECK(logits.empty());
+                return next;
+            }
+            for (size_t i = 0; i < prompts.size(); ++i)
+                next.push_back(sample_token(&logits[i * size_t(m.config.vocab_size)], m.config.vocab_size, fo.sampling, rng));
+            return next;
+        };
+        std::mt19937_64 a(3), b(3);
+        CHECK(run(true, a) == run(false, b));
+        CHECK(a() == b());  // and the same number of draws
+    }
 }
 
 TEST_CASE("chat formats render one user turn as Llama 3 and ChatML templates do") {

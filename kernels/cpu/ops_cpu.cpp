@@ -259,6 +259,53 @@ void argmax_rows(int32_t* out, const float* x, int n, int cols) {
     }
 }
 
+int32_t sample_row(const float* x, int cols, float temperature, int top_k, float top_p, double u) {
+    if (cols <= 0) return 0;
+    int32_t best = 0;
+    for (int j = 1; j < cols; ++j)
+        if (x[j] > x[best]) best = j;
+    if (temperature <= 0.0f || !std::isfinite(x[best])) return best;
+    const float mx = x[best];
+    // candidates: within kSampleCut nats of the best
+    std::vector<int32_t> cand;
+    for (int j = 0; j < cols; ++j)
+        if ((x[j] - mx) / temperature >= -kSampleCut) cand.push_back(j);
+    float thr = -INFINITY;  // kept: x ≥ thr
+    if (top_k > 0 && size_t(top_k) < cand.size()) {
+        std::vector<float> v(cand.size());
+        for (size_t i = 0; i < cand.size(); ++i) v[i] = x[cand[i]];
+        std::nth_element(v.begin(), v.begin() + (top_k - 1), v.end(), std::greater<float>());
+        thr = v[size_t(top_k - 1)];
+    }
+    auto prob = [&](int32_t j) { return x[j] >= thr ? double(std::exp((x[j] - mx) / temperature)) : 0.0; };
+    if (top_p < 1.0f) {
+        std::vector<int32_t> order;
+        double mass = 0;
+        for (int32_t j : cand)
+            if (x[j] >= thr) order.push_back(j), mass += prob(j);
+        std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return x[a] > x[b]; });
+        double cum = 0;
+        for (int32_t j : order) {
+            cum += prob(j);
+            if (cum >= double(top_p) * mass) {
+                thr = x[j];
+                break;
+            }
+        }
+    }
+    double kept = 0;
+    int32_t last = best;
+    for (int32_t j : cand)
+        if (x[j] >= thr) kept += prob(j), last = j;
+    double target = u * kept;
+    for (int32_t j : cand) {
+        if (x[j] < thr) continue;
+        target -= prob(j);
+        if (target < 0) return j;
+    }
+    return last;  // rounding left the target at the very end
+}
+
 float round_bf16(float x) {
     uint32_t u = std::bit_cast<uint32_t>(x);
     if ((u & 0x7fffffffu) > 0x7f800000u) return std::bit_cast<float>((u | 0x00400000u) & 0xffff0000u);  // quiet NaN

@@ -68,6 +68,21 @@ void replace_rows(float* x, int d, const int32_t* rows, int n_rows, const float*
 // out[i] = the first index of the maximum of row i of x[n, cols] (greedy decoding's rule).
 void argmax_rows(int32_t* out, const float* x, int n, int cols);
 
+// One token drawn from a row of logits by the rule both backends share (the CUDA twin is
+// kernels/cuda/ops.cuh sample_rows), given u uniform in [0, 1):
+//   temperature ≤ 0   the first maximum (argmax_rows), u unused;
+//   otherwise         p_i ∝ exp((x_i − max) / temperature) over the tokens within kSampleCut
+//                     nats of the best, i.e. (x_i − max) / temperature ≥ −kSampleCut (the rest
+//                     weigh under e^−40 each); then top-k keeps every token whose logit
+//                     is at least the k-th largest (top_k 0 = off; ties at the k-th stay); then
+//                     top-p keeps the fewest most probable tokens whose mass reaches top_p of the
+//                     kept mass (1 = off; ties at the boundary stay); then the first token, in
+//                     vocabulary order, whose cumulative kept mass exceeds u · (kept mass).
+// Every kept token is drawn with its renormalised probability; the order only decides which u
+// gives which token.
+inline constexpr float kSampleCut = 40.0f;
+int32_t sample_row(const float* x, int cols, float temperature, int top_k, float top_p, double u);
+
 // x rounded to the nearest bf16 (ties to even, as __float2bfloat16 does) and widened back:
 // the value a bf16 weight holds, for building references of bf16 GEMMs and embeddings.
 float round_bf16(float x);

@@ -159,6 +159,9 @@ struct ForwardScratch {
     size_t tap_used = 0;                    // floats of the staging in use
     std::vector<QueuedSite> queued;
     PinnedBuffer<float> round_trip;         // rows of a hook that may change them
+    DeviceBuffer<int32_t> next;             // ForwardOptions::next picked on the device
+    DeviceBuffer<double> draws;             // … with these uniform draws
+    DeviceBuffer<unsigned char> sample_scratch;
     DeviceBuffer<unsigned char> steer;      // this call's steering steps: row indices and vectors
     PinnedBuffer<unsigned char> steer_host;  // … staged here, sent with one copy
     size_t tap_capacity() const { return std::min(tap_dev.size(), tap_host.size()); }
@@ -662,6 +665,31 @@ std::vector<float> ForwardCuda::forward(const Model& m, RunState& st, std::span<
     float* logits_d = reserve(s.logits, size_t(nl) * size_t(V));
     gemm.matmul_wt(logits_d, normed, g.output(), nullptr, nl, V, d);
     if (c.final_softcap > 0) softcap(cs, logits_d, int64_t(nl) * V, c.final_softcap);  // Gemma 2
+
+    // Tokens instead of logits, picked here unless the logits must reach the host anyway.
+    const bool logits_to_host = !opt.next || check_finite ||
+                                (hooks && (hooks->wants(Site::Logits) || hooks->steers(Site::Logits)));
+    if (!logits_to_host) {
+        const SamplingParams& sp = opt.sampling;
+        if (sp.temperature > 0.0f && !opt.rng) throw_error("", "internal: sampling without a random generator");
+        int32_t* next_d = reserve(s.next, size_t(nl));
+        if (sp.temperature > 0.0f) {
+            std::vector<double> u(static_cast<size_t>(nl));
+            for (double& e : u) e = sample_uniform(sp, *opt.rng);
+            double* u_d = reserve(s.draws, u.size());
+            CUDA_CHECK(cudaMemcpyAsync(u_d, u.data(), u.size() * sizeof(double), cudaMemcpyHostToDevice, cs));
+            sample_rows(cs, next_d, logits_d, nl, V, sp.temperature, sp.top_k, sp.top_p, u_d,
+                        reserve(s.sample_scratch, sample_scratch_bytes(nl, V)));
+        } else {
+            argmax_rows(cs, next_d, logits_d, nl, V);
+        }
+        opt.next->resize(size_t(nl));
+        CUDA_CHECK(cudaMemcpyAsync(opt.next->data(), next_d, sizeof(int32_t) * size_t(nl), cudaMemcpyDeviceToHost, cs));
+        CUDA_CHECK(cudaStreamSynchronize(cs));
+        taps.drain();
+        return {};
+    }
+
     std::vector<float> logits(size_t(nl) * size_t(V));
     CUDA_CHECK(cudaMemcpyAsync(logits.data(), logits_d, logits.size() * sizeof(float), cudaMemcpyDeviceToHost, cs));
     CUDA_CHECK(cudaStreamSynchronize(cs));
@@ -672,6 +700,10 @@ std::vector<float> ForwardCuda::forward(const Model& m, RunState& st, std::span<
     if (hooks && hooks->steers(Site::Logits)) hooks->steering->apply(lv);
     if (hooks && hooks->wants(Site::Logits)) hooks->on_site(lv);
     if (check_finite) check_site_finite(lv);
+    if (opt.next) {
+        pick_tokens(logits.data(), nl, V, opt);
+        return {};
+    }
     return logits;
 }
 

@@ -92,6 +92,14 @@ private:
 // out[i] = the first index of the maximum of row i of x[n, cols] (torch.argmax's tie rule).
 void argmax_rows(cudaStream_t stream, int32_t* out, const float* x, int n, int cols);
 
+// out[i] = cpu::sample_row(row i of x[n, cols], temperature, top_k, top_p, u[i]) (kernels/cpu/
+// ops_cpu.h has the rule): temperature ≤ 0 is argmax_rows; else one block per row finds the
+// top-k / top-p cut-offs by bisection (no sort) and draws in vocabulary order. u: [n] device;
+// scratch: sample_scratch_bytes(n, cols) bytes of device memory.
+size_t sample_scratch_bytes(int n, int cols);
+void sample_rows(cudaStream_t stream, int32_t* out, const float* x, int n, int cols, float temperature, int top_k,
+                 float top_p, const double* u, void* scratch);
+
 // Steering at selected rows of x[*, d] (rows: device array of n_rows row indices):
 //   add_rows      x[r] += alpha · v
 //   ablate_rows   x[r] -= alpha · (x[r] · u) u     (u a unit vector)

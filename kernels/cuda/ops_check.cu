@@ -179,6 +179,17 @@ std::vector<int32_t> argmax_rows(const std::vector<float>& x, int n, int cols) {
     return download(s, dout);
 }
 
+std::vector<int32_t> sample_rows(const std::vector<float>& x, int n, int cols, float temperature, int top_k, float top_p,
+                                 const std::vector<double>& u) {
+    Stream s;
+    DeviceBuffer<float> dx = upload(s, x);
+    DeviceBuffer<double> du = upload(s, u);
+    DeviceBuffer<int32_t> dout{size_t(n)};
+    DeviceBuffer<unsigned char> scratch{cuda::sample_scratch_bytes(n, cols)};
+    cuda::sample_rows(s, dout.get(), dx.get(), n, cols, temperature, top_k, top_p, du.get(), scratch.get());
+    return download(s, dout);
+}
+
 std::vector<float> add_rows(const std::vector<float>& x, int d, const std::vector<int32_t>& rows,
                             const std::vector<float>& v, float alpha) {
     Stream s;

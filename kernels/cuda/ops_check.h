@@ -51,6 +51,8 @@ std::vector<float> matmul_wt(const std::vector<float>& x, const std::vector<floa
                              int n, int out, int in);
 
 std::vector<int32_t> argmax_rows(const std::vector<float>& x, int n, int cols);
+std::vector<int32_t> sample_rows(const std::vector<float>& x, int n, int cols, float temperature, int top_k, float top_p,
+                                 const std::vector<double>& u);
 
 // Return x [*, d] after the steering op at `rows` (see ops.cuh); replace_rows's src is one row per
 // selected row, or a single [d] vector for every row (src_ld 0).

@@ -292,6 +292,40 @@ TEST_CASE("gpu ops: steering rows and greedy argmax equal the CPU") {
 #endif
 }
 
+TEST_CASE("gpu ops: sample_rows draws the token cpu::sample_row draws for the same u") {
+    if (skipped("sample_rows CUDA vs CPU")) return;
+#ifdef STITCH_HAVE_CUDA
+    struct Params {
+        float temperature;
+        int top_k;
+        float top_p;
+    };
+    for (int cols : {1, 7, 1000, 5000, 151936})
+        for (Params p : {Params{1.0f, 0, 1.0f}, Params{0.7f, 50, 1.0f}, Params{1.3f, 0, 0.9f}, Params{1.0f, 5, 0.5f},
+                         Params{0.05f, 0, 0.95f}, Params{0.0f, 0, 1.0f}}) {
+            const int n = 9;
+            auto x = randn(size_t(n) * cols, uint64_t(cols) + 61);
+            for (float& e : x) e *= 3.0f;
+            if (cols > 2) {
+                std::fill(x.begin() + cols, x.begin() + 2 * cols, 0.5f);  // row 1: flat (ties everywhere)
+                x[size_t(2 * cols + 1)] = -INFINITY;                      // row 2: a -inf entry
+            }
+            std::vector<double> u(static_cast<size_t>(n));
+            for (int i = 0; i < n; ++i) u[size_t(i)] = (i + 0.37) / n;
+            std::vector<int32_t> ref(static_cast<size_t>(n));
+            for (int i = 0; i < n; ++i)
+                ref[size_t(i)] = cpu::sample_row(&x[size_t(i) * cols], cols, p.temperature, p.top_k, p.top_p, u[size_t(i)]);
+            const auto got = check::sample_rows(x, n, cols, p.temperature, p.top_k, p.top_p, u);
+            size_t wrong = 0;
+            for (size_t i = 0; i < ref.size(); ++i) wrong += got.size() != ref.size() || got[i] != ref[i];
+            std::printf("test-gpu: op %-14s shape %-40s mismatches %zu\n", "sample_rows",
+                        shape("n=%d cols=%d T=%g k=%d p=%g", n, cols, double(p.temperature), p.top_k, double(p.top_p)).c_str(),
+                        wrong);
+            CHECK(got == ref);
+        }
+#endif
+}
+
 TEST_CASE("gpu ops: matmul_wt (GEMV kernel and cuBLAS) equals the CPU GEMM on bf16-rounded inputs") {
     if (skipped("matmul_wt CUDA vs CPU")) return;
 #ifdef STITCH_HAVE_CUDA
