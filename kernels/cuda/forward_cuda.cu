@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <functional>
@@ -340,6 +341,19 @@ public:
         steps_ = std::move(steps);
     }
 
+    // What the launches of at() depend on besides the uploaded contents: the steps' shapes,
+    // arguments and offsets, and the block's address (a CUDA graph bakes them in).
+    std::vector<uint64_t> signature() const {
+        std::vector<uint64_t> sig{uint64_t(reinterpret_cast<uintptr_t>(base_))};
+        for (int f : first_) sig.push_back(uint64_t(f));
+        for (const Step& st : steps_) {
+            uint32_t alpha = 0;
+            std::memcpy(&alpha, &st.alpha, sizeof alpha);
+            sig.insert(sig.end(), {uint64_t(st.op), uint64_t(alpha), uint64_t(st.n_rows), st.rows, st.vec, uint64_t(st.src_ld)});
+        }
+        return sig;
+    }
+
     // The steps at (site, layer) on the rows at device x [n, d].
     void at(Site site, int layer, float* x, int d) const {
         if (steps_.empty()) return;
@@ -405,7 +419,41 @@ struct LayerDevice {
     DeviceBuffer<bf16> wqkv, wo, w_gate_up, w_down;
 };
 
+// What a captured decode step depends on besides the device-side metadata it reads: its shape,
+// the attention's context bucket, and every buffer address baked into its kernels.
+struct GraphKey {
+    int n, ns, ctx;
+    float* act[8];  // x, h, qkv, attn, proj, gate_up, mlp, logits
+    unsigned char* meta;
+    std::vector<uint64_t> steering;  // DeviceSteering::signature()
+    bool operator==(const GraphKey& o) const {
+        return n == o.n && ns == o.ns && ctx == o.ctx && meta == o.meta && std::equal(act, act + 8, o.act) &&
+               steering == o.steering;
+    }
+};
+
+constexpr int kGraphCtx = 256;     // decode steps share a graph while max_ctx stays in one bucket of this many
+constexpr size_t kMaxGraphs = 8;  // captured steps kept per model (oldest dropped first)
+
+std::atomic<int> g_graphs{-1};  // set_cuda_graphs: -1 = from STITCH_CUDA_GRAPHS (default on)
+
 struct ForwardCuda::Impl {
+    std::vector<std::pair<GraphKey, cudaGraphExec_t>> graphs;
+    bool graphs_failed = false;  // a capture failed once: this model runs every step eagerly
+
+    cudaGraphExec_t find_graph(const GraphKey& k) const {
+        for (const auto& [key, exec] : graphs)
+            if (key == k) return exec;
+        return nullptr;
+    }
+    void add_graph(const GraphKey& k, cudaGraphExec_t exec) {
+        if (graphs.size() >= kMaxGraphs) {
+            cudaGraphExecDestroy(graphs.front().second);  // launches already queued keep their own copy
+            graphs.erase(graphs.begin());
+        }
+        graphs.emplace_back(k, exec);
+    }
+
     cudaStream_t stream = nullptr;       // the forward pass
     cudaStream_t copy_stream = nullptr;  // read-only taps on their way to the host
     cudaEvent_t tap_ready = nullptr;     // "the snapshot is taken": the copy stream waits on it
@@ -419,6 +467,7 @@ struct ForwardCuda::Impl {
     const bf16* output() const { return lm_head.size() ? lm_head.get() : embed.get(); }
     ~Impl() {
         if (stream) cudaStreamSynchronize(stream);
+        for (auto& kv : graphs) cudaGraphExecDestroy(kv.second);
         if (copy_stream) cudaStreamSynchronize(copy_stream);
         gemm.reset();
         if (tap_ready) cudaEventDestroy(tap_ready);
@@ -426,6 +475,54 @@ struct ForwardCuda::Impl {
         if (stream) cudaStreamDestroy(stream);
     }
 };
+
+namespace {
+
+bool graphs_enabled(const ForwardCuda::Impl& g) {
+    if (g.graphs_failed) return false;
+    int on = g_graphs.load();
+    if (on < 0) {
+        const char* e = std::getenv("STITCH_CUDA_GRAPHS");
+        on = !(e && std::strcmp(e, "0") == 0);
+    }
+    return on != 0;
+}
+
+// Captures what `enqueue` puts on g.stream into an executable graph. On any failure the capture
+// is abandoned, graphs are switched off for this model (one line on stderr) and null returned:
+// the caller then runs the step eagerly, as every step without graphs.
+template <typename Enqueue>
+cudaGraphExec_t capture_graph(ForwardCuda::Impl& g, Enqueue&& enqueue) {
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t exec = nullptr;
+    std::string why;
+    cudaError_t err = cudaStreamBeginCapture(g.stream, cudaStreamCaptureModeRelaxed);
+    if (err == cudaSuccess) {
+        try {
+            enqueue();
+        } catch (const std::exception& e) {
+            why = e.what();
+        }
+        const cudaError_t end = cudaStreamEndCapture(g.stream, &graph);
+        if (why.empty() && end != cudaSuccess) why = cudaGetErrorString(end);
+        if (why.empty()) {
+            err = cudaGraphInstantiate(&exec, graph, 0);
+            if (err != cudaSuccess) why = cudaGetErrorString(err), exec = nullptr;
+        }
+        if (graph) cudaGraphDestroy(graph);
+    } else {
+        why = cudaGetErrorString(err);
+    }
+    if (exec) return exec;
+    cudaGetLastError();  // clear the capture's error so the eager run starts clean
+    g.graphs_failed = true;
+    std::fprintf(stderr, "stitch: CUDA graph capture of a decode step failed (%s); decoding without graphs\n", why.c_str());
+    return nullptr;
+}
+
+}  // namespace
+
+void set_cuda_graphs(int on) { g_graphs.store(on < 0 ? -1 : on != 0); }
 
 ForwardCuda::ForwardCuda(const Model& m) : impl_(std::make_unique<Impl>()) {
     Impl& g = *impl_;
@@ -582,52 +679,6 @@ std::vector<float> ForwardCuda::forward(const Model& m, RunState& st, std::span<
     GemmContext& gemm = *g.gemm;
     auto bias = [](const DeviceBuffer<float>& b) -> const float* { return b.size() ? b.get() : nullptr; };
 
-    cuda::embed(cs, x, g.embed.get(), token_d, n, d, c.embed_scale);  // Gemma: × sqrt(d), in f32
-    steer.at(Site::Embed, -1, x, d);
-    taps.at(Site::Embed, -1, x, n, d, rs, rp);
-
-    for (int L = 0; L < c.n_layers; ++L) {
-        const LayerDevice& lw = g.layers[size_t(L)];
-        steer.at(Site::ResidPre, L, x, d);
-        taps.at(Site::ResidPre, L, x, n, d, rs, rp);
-
-        // attention: norm → fused qkv GEMM → (q/k norm) → RoPE → cache append → attend → o_proj
-        // (→ Gemma 2/3 post-attention norm)
-        rmsnorm(cs, h, x, lw.attn_norm.get(), n, d, c.norm_eps);
-        gemm.matmul_wt(qkv, h, lw.wqkv.get(), bias(lw.bqkv), n, qkv_w, d);
-        if (c.qk_norm) {
-            head_rmsnorm(cs, qkv, n, qkv_w, 0, c.n_heads, hd, lw.q_norm.get(), c.norm_eps);
-            head_rmsnorm(cs, qkv, n, qkv_w, qd, c.n_kv_heads, hd, lw.k_norm.get(), c.norm_eps);
-        }
-        rope(cs, qkv, n, qkv_w, 0, c.n_heads, hd, pos_d, lw.inv_freq.get());
-        rope(cs, qkv, n, qkv_w, qd, c.n_kv_heads, hd, pos_d, lw.inv_freq.get());
-        float* const* k_base = k_base_d + size_t(L) * ns;
-        float* const* v_base = v_base_d + size_t(L) * ns;
-        kv_append(cs, qkv, qkv_w, qd, kvd, n, slot_d, pos_d, k_base, v_base);
-        attention(cs, attn, qkv, qkv_w, ns, row0_d, len_d, pos0_d, k_base, v_base, kvd, c.n_heads, c.n_kv_heads, hd,
-                  c.attn_scale, c.layer_window[size_t(L)], c.attn_softcap, max_len, max_ctx);
-        gemm.matmul_wt(proj, attn, lw.wo.get(), bias(lw.bo), n, d, qd);
-        if (lw.post_attn_norm.size()) rmsnorm(cs, proj, proj, lw.post_attn_norm.get(), n, d, c.norm_eps);
-        steer.at(Site::AttnOut, L, proj, d);
-        taps.at(Site::AttnOut, L, proj, n, d, rs, rp);
-        add(cs, x, proj, int64_t(nd));
-        steer.at(Site::ResidMid, L, x, d);
-        taps.at(Site::ResidMid, L, x, n, d, rs, rp);
-
-        // MLP: norm → fused gate/up GEMM → act(gate)·up → down (→ Gemma 2/3 post-feedforward norm)
-        rmsnorm(cs, h, x, lw.mlp_norm.get(), n, d, c.norm_eps);
-        gemm.matmul_wt(gate_up, h, lw.w_gate_up.get(), bias(lw.b_gate_up), n, 2 * I, d);
-        gated_act(cs, c.act, mlp, gate_up, n, I);
-        gemm.matmul_wt(proj, mlp, lw.w_down.get(), bias(lw.b_down), n, d, I);
-        if (lw.post_mlp_norm.size()) rmsnorm(cs, proj, proj, lw.post_mlp_norm.get(), n, d, c.norm_eps);
-        steer.at(Site::MlpOut, L, proj, d);
-        taps.at(Site::MlpOut, L, proj, n, d, rs, rp);
-        add(cs, x, proj, int64_t(nd));
-        steer.at(Site::ResidPost, L, x, d);
-        taps.at(Site::ResidPost, L, x, n, d, rs, rp);
-    }
-    taps.advance_lengths();
-
     // final norm (every row only when a hook wants it), then logits for the requested rows.
     // nl == n means every row (all_logits, or a decode step): no gather. Otherwise the rows are
     // gathered into `last` (never in place: a kernel's rows run concurrently), one copy per run
@@ -647,24 +698,109 @@ std::vector<float> ForwardCuda::forward(const Model& m, RunState& st, std::span<
             i = j;
         }
     };
-    const float* normed = nullptr;
-    if (hooks && (hooks->wants(Site::FinalNorm) || hooks->steers(Site::FinalNorm))) {
-        rmsnorm(cs, h, x, g.final_norm.get(), n, d, c.norm_eps);
-        steer.at(Site::FinalNorm, -1, h, d);
-        taps.at(Site::FinalNorm, -1, h, n, d, rs, rp);
-        if (!every_row) gather(h);
-        normed = every_row ? h : last;
-    } else if (every_row) {
-        rmsnorm(cs, h, x, g.final_norm.get(), n, d, c.norm_eps);
-        normed = h;
-    } else {
-        gather(x);
-        rmsnorm(cs, last, last, g.final_norm.get(), nl, d, c.norm_eps);
-        normed = last;
-    }
     float* logits_d = reserve(s.logits, size_t(nl) * size_t(V));
-    gemm.matmul_wt(logits_d, normed, g.output(), nullptr, nl, V, d);
-    if (c.final_softcap > 0) softcap(cs, logits_d, int64_t(nl) * V, c.final_softcap);  // Gemma 2
+
+    // Everything from the embedding to the logits, on the stream. `ctx` stands for max_ctx in the
+    // attention launch (its decode split count): a decode step passes max_ctx rounded up to
+    // kGraphCtx, so that consecutive steps launch the same kernels (splits past a sequence's
+    // keys are empty and weigh nothing) and a CUDA graph of one step serves the next ones.
+    auto compute = [&](int ctx) {
+        cuda::embed(cs, x, g.embed.get(), token_d, n, d, c.embed_scale);  // Gemma: × sqrt(d), in f32
+        steer.at(Site::Embed, -1, x, d);
+        taps.at(Site::Embed, -1, x, n, d, rs, rp);
+
+        for (int L = 0; L < c.n_layers; ++L) {
+            const LayerDevice& lw = g.layers[size_t(L)];
+            steer.at(Site::ResidPre, L, x, d);
+            taps.at(Site::ResidPre, L, x, n, d, rs, rp);
+
+            // attention: norm → fused qkv GEMM → (q/k norm) → RoPE → cache append → attend → o_proj
+            // (→ Gemma 2/3 post-attention norm)
+            rmsnorm(cs, h, x, lw.attn_norm.get(), n, d, c.norm_eps);
+            gemm.matmul_wt(qkv, h, lw.wqkv.get(), bias(lw.bqkv), n, qkv_w, d);
+            if (c.qk_norm) {
+                head_rmsnorm(cs, qkv, n, qkv_w, 0, c.n_heads, hd, lw.q_norm.get(), c.norm_eps);
+                head_rmsnorm(cs, qkv, n, qkv_w, qd, c.n_kv_heads, hd, lw.k_norm.get(), c.norm_eps);
+            }
+            rope(cs, qkv, n, qkv_w, 0, c.n_heads, hd, pos_d, lw.inv_freq.get());
+            rope(cs, qkv, n, qkv_w, qd, c.n_kv_heads, hd, pos_d, lw.inv_freq.get());
+            float* const* k_base = k_base_d + size_t(L) * ns;
+            float* const* v_base = v_base_d + size_t(L) * ns;
+            kv_append(cs, qkv, qkv_w, qd, kvd, n, slot_d, pos_d, k_base, v_base);
+            attention(cs, attn, qkv, qkv_w, ns, row0_d, len_d, pos0_d, k_base, v_base, kvd, c.n_heads, c.n_kv_heads, hd,
+                      c.attn_scale, c.layer_window[size_t(L)], c.attn_softcap, max_len, ctx);
+            gemm.matmul_wt(proj, attn, lw.wo.get(), bias(lw.bo), n, d, qd);
+            if (lw.post_attn_norm.size()) rmsnorm(cs, proj, proj, lw.post_attn_norm.get(), n, d, c.norm_eps);
+            steer.at(Site::AttnOut, L, proj, d);
+            taps.at(Site::AttnOut, L, proj, n, d, rs, rp);
+            add(cs, x, proj, int64_t(nd));
+            steer.at(Site::ResidMid, L, x, d);
+            taps.at(Site::ResidMid, L, x, n, d, rs, rp);
+
+            // MLP: norm → fused gate/up GEMM → act(gate)·up → down (→ Gemma 2/3 post-feedforward norm)
+            rmsnorm(cs, h, x, lw.mlp_norm.get(), n, d, c.norm_eps);
+            gemm.matmul_wt(gate_up, h, lw.w_gate_up.get(), bias(lw.b_gate_up), n, 2 * I, d);
+            gated_act(cs, c.act, mlp, gate_up, n, I);
+            gemm.matmul_wt(proj, mlp, lw.w_down.get(), bias(lw.b_down), n, d, I);
+            if (lw.post_mlp_norm.size()) rmsnorm(cs, proj, proj, lw.post_mlp_norm.get(), n, d, c.norm_eps);
+            steer.at(Site::MlpOut, L, proj, d);
+            taps.at(Site::MlpOut, L, proj, n, d, rs, rp);
+            add(cs, x, proj, int64_t(nd));
+            steer.at(Site::ResidPost, L, x, d);
+            taps.at(Site::ResidPost, L, x, n, d, rs, rp);
+        }
+        taps.advance_lengths();
+
+        const float* normed = nullptr;
+        if (hooks && (hooks->wants(Site::FinalNorm) || hooks->steers(Site::FinalNorm))) {
+            rmsnorm(cs, h, x, g.final_norm.get(), n, d, c.norm_eps);
+            steer.at(Site::FinalNorm, -1, h, d);
+            taps.at(Site::FinalNorm, -1, h, n, d, rs, rp);
+            if (!every_row) gather(h);
+            normed = every_row ? h : last;
+        } else if (every_row) {
+            rmsnorm(cs, h, x, g.final_norm.get(), n, d, c.norm_eps);
+            normed = h;
+        } else {
+            gather(x);
+            rmsnorm(cs, last, last, g.final_norm.get(), nl, d, c.norm_eps);
+            normed = last;
+        }
+        gemm.matmul_wt(logits_d, normed, g.output(), nullptr, nl, V, d);
+        if (c.final_softcap > 0) softcap(cs, logits_d, int64_t(nl) * V, c.final_softcap);  // Gemma 2
+
+    };
+    const bool decode = max_len == 1;
+    const int ctx = decode ? (max_ctx + kGraphCtx - 1) / kGraphCtx * kGraphCtx : max_ctx;
+    // A decode step of up to kSmallRows rows (the GEMV path: no cuBLAS, no scratch that grows)
+    // with no on_site hook is launched as one CUDA graph, captured the first time its shape,
+    // buffers and steering steps occur: a few hundred small kernels per token would otherwise
+    // cost more CPU launch time than the GPU needs to run them. Steering stays on (its rows and
+    // vectors are uploaded before each launch, to the offsets the graph reads). The lengths
+    // advance as compute() would have advanced them.
+    const bool no_host_sites = !hooks || (hooks->site_mask == 0 && !hooks->steers(Site::Logits));
+    const bool graph = decode && nl == n && no_host_sites && !check_finite && n <= GemmContext::kSmallRows &&
+                       graphs_enabled(g);
+    if (graph) {
+        const GraphKey key{n, ns, ctx, {x, h, qkv, attn, proj, gate_up, mlp, logits_d}, md, steer.signature()};
+        if (cudaGraphExec_t exec = g.find_graph(key)) {
+            for (const auto& q : seqs) q.cache->length += int(q.tokens.size());
+            CUDA_CHECK(cudaGraphLaunch(exec, cs));
+        } else {
+            std::vector<int> lengths;
+            for (const auto& q : seqs) lengths.push_back(q.cache->length);
+            if (cudaGraphExec_t made = capture_graph(g, [&] { compute(ctx); })) {
+                g.add_graph(key, made);
+                CUDA_CHECK(cudaGraphLaunch(made, cs));
+            } else {
+                // capture failed (graphs are now off for this model, with a notice): run as is
+                for (size_t i = 0; i < seqs.size(); ++i) seqs[i].cache->length = lengths[i];
+                compute(ctx);
+            }
+        }
+    } else {
+        compute(ctx);
+    }
 
     // Tokens instead of logits, picked here unless the logits must reach the host anyway.
     const bool logits_to_host = !opt.next || check_finite ||

@@ -45,10 +45,15 @@ public:
     size_t weight_bytes() const;  // device memory the weights take
     std::string device() const;   // "NVIDIA H100 80GB HBM3 (sm_90)"
 
-private:
     struct Impl;
+
+private:
     std::unique_ptr<Impl> impl_;
 };
+
+// Decode steps as CUDA graphs (kernels/cuda/forward_cuda.cu): 1 on, 0 off, -1 (default) from
+// the environment (STITCH_CUDA_GRAPHS=0 turns them off; on otherwise). Tests compare the two.
+void set_cuda_graphs(int on);
 
 // "NVIDIA H100 80GB HBM3 (sm_90), 79.1 GiB" for device i; throws on a CUDA failure.
 std::string device_summary(int i);
