@@ -6,6 +6,7 @@
 #include "engine/generate.h"
 #include "engine/model.h"
 #include "kernels/cpu/ops_cpu.h"
+#include "next_tokens.h"
 #include "test_util.h"
 
 using namespace stitch;
@@ -125,28 +126,10 @@ TEST_CASE("sampling: forward(next) picks the same tokens as sample_token on forw
     const Model m = load_model(test::fixture("models/qwen2"));
     const std::vector<std::vector<int32_t>> prompts = {{1, 5, 9, 3}, {2, 7}, {4, 4, 4, 8, 1}};
     for (float T : {0.0f, 0.9f}) {
-        ForwardOptions fo;
-        fo.sampling.temperature = T;
-        fo.sampling.top_p = 0.95f;
-        auto run = [&](bool tokens, std::mt19937_64& rng) {
-            std::vector<KVCache> caches;
-            std::vector<SeqInput> in;
-            for (const auto& p : prompts) caches.emplace_back(m.config, int(p.size()));
-            for (size_t i = 0; i < prompts.size(); ++i) in.push_back(SeqInput{&caches[i], prompts[i], int32_t(i)});
-            RunState st;
-            std::vector<int32_t> next;
-            ForwardOptions o = fo;
-            o.rng = &rng;
-            if (tokens) o.next = &next;
-            auto logits = forward(m, st, in, o);
-            if (tokens) {
-                CHECK(logits.empty());
-                return next;
-            }
-            for (size_t i = 0; i < prompts.size(); ++i)
-                next.push_back(sample_token(&logits[i * size_t(m.config.vocab_size)], m.config.vocab_size, fo.sampling, rng));
-            return next;
-        };
+        SamplingParams sp;
+        sp.temperature = T;
+        sp.top_p = 0.95f;
+        auto run = [&](bool by_forward, std::mt19937_64& rng) { return test::first_tokens(m, prompts, sp, by_forward, rng); };
         std::mt19937_64 a(3), b(3);
         CHECK(run(true, a) == run(false, b));
         CHECK(a() == b());  // and the same number of draws

@@ -704,15 +704,18 @@ std::vector<float> ForwardCuda::forward(const Model& m, RunState& st, std::span<
     // attention launch (its decode split count): a decode step passes max_ctx rounded up to
     // kGraphCtx, so that consecutive steps launch the same kernels (splits past a sequence's
     // keys are empty and weigh nothing) and a CUDA graph of one step serves the next ones.
+    // A site: its steering on the device, then its taps.
+    auto site = [&](Site where, int layer, float* data) {
+        steer.at(where, layer, data, d);
+        taps.at(where, layer, data, n, d, rs, rp);
+    };
     auto compute = [&](int ctx) {
         cuda::embed(cs, x, g.embed.get(), token_d, n, d, c.embed_scale);  // Gemma: × sqrt(d), in f32
-        steer.at(Site::Embed, -1, x, d);
-        taps.at(Site::Embed, -1, x, n, d, rs, rp);
+        site(Site::Embed, -1, x);
 
         for (int L = 0; L < c.n_layers; ++L) {
             const LayerDevice& lw = g.layers[size_t(L)];
-            steer.at(Site::ResidPre, L, x, d);
-            taps.at(Site::ResidPre, L, x, n, d, rs, rp);
+            site(Site::ResidPre, L, x);
 
             // attention: norm → fused qkv GEMM → (q/k norm) → RoPE → cache append → attend → o_proj
             // (→ Gemma 2/3 post-attention norm)
@@ -731,11 +734,9 @@ std::vector<float> ForwardCuda::forward(const Model& m, RunState& st, std::span<
                       c.attn_scale, c.layer_window[size_t(L)], c.attn_softcap, max_len, ctx);
             gemm.matmul_wt(proj, attn, lw.wo.get(), bias(lw.bo), n, d, qd);
             if (lw.post_attn_norm.size()) rmsnorm(cs, proj, proj, lw.post_attn_norm.get(), n, d, c.norm_eps);
-            steer.at(Site::AttnOut, L, proj, d);
-            taps.at(Site::AttnOut, L, proj, n, d, rs, rp);
+            site(Site::AttnOut, L, proj);
             add(cs, x, proj, int64_t(nd));
-            steer.at(Site::ResidMid, L, x, d);
-            taps.at(Site::ResidMid, L, x, n, d, rs, rp);
+            site(Site::ResidMid, L, x);
 
             // MLP: norm → fused gate/up GEMM → act(gate)·up → down (→ Gemma 2/3 post-feedforward norm)
             rmsnorm(cs, h, x, lw.mlp_norm.get(), n, d, c.norm_eps);
@@ -743,19 +744,16 @@ std::vector<float> ForwardCuda::forward(const Model& m, RunState& st, std::span<
             gated_act(cs, c.act, mlp, gate_up, n, I);
             gemm.matmul_wt(proj, mlp, lw.w_down.get(), bias(lw.b_down), n, d, I);
             if (lw.post_mlp_norm.size()) rmsnorm(cs, proj, proj, lw.post_mlp_norm.get(), n, d, c.norm_eps);
-            steer.at(Site::MlpOut, L, proj, d);
-            taps.at(Site::MlpOut, L, proj, n, d, rs, rp);
+            site(Site::MlpOut, L, proj);
             add(cs, x, proj, int64_t(nd));
-            steer.at(Site::ResidPost, L, x, d);
-            taps.at(Site::ResidPost, L, x, n, d, rs, rp);
+            site(Site::ResidPost, L, x);
         }
         taps.advance_lengths();
 
         const float* normed = nullptr;
         if (hooks && (hooks->wants(Site::FinalNorm) || hooks->steers(Site::FinalNorm))) {
             rmsnorm(cs, h, x, g.final_norm.get(), n, d, c.norm_eps);
-            steer.at(Site::FinalNorm, -1, h, d);
-            taps.at(Site::FinalNorm, -1, h, n, d, rs, rp);
+            site(Site::FinalNorm, -1, h);
             if (!every_row) gather(h);
             normed = every_row ? h : last;
         } else if (every_row) {

@@ -28,6 +28,7 @@
 #include "engine/safetensors.h"
 #include "engine/sites.h"
 #include "engine/steer.h"
+#include "../next_tokens.h"
 #include "../test_util.h"
 
 #ifdef STITCH_HAVE_CUDA
@@ -361,29 +362,15 @@ TEST_CASE("gpu sampling: forward(next) picks on the device what sample_token pic
     for (const char* name : {"llama_untied", "gemma2"}) {
         CAPTURE(name);
         Pair& p = fixture(name);
-        const int V = p.gpu.config.vocab_size;
         const std::vector<std::vector<int32_t>> prompts = {p.prompts.back(), p.prompts.front(), {1, 2, 3}};
         for (float T : {0.0f, 0.8f, 1.5f}) {
             CAPTURE(T);
-            ForwardOptions fo;
-            fo.sampling.temperature = T;
-            fo.sampling.top_k = T > 1 ? 20 : 0;
-            fo.sampling.top_p = 0.9f;
-            auto run = [&](bool tokens, std::mt19937_64& rng) {
-                std::vector<KVCache> caches;
-                std::vector<SeqInput> in;
-                for (const auto& q : prompts) caches.emplace_back(p.gpu.config, int(q.size()));
-                for (size_t i = 0; i < prompts.size(); ++i) in.push_back(SeqInput{&caches[i], prompts[i], int32_t(i)});
-                RunState st;
-                std::vector<int32_t> next;
-                ForwardOptions o = fo;
-                o.rng = &rng;
-                if (tokens) o.next = &next;
-                const auto logits = forward(p.gpu, st, in, o);
-                if (!tokens)
-                    for (size_t i = 0; i < prompts.size(); ++i)
-                        next.push_back(sample_token(&logits[i * size_t(V)], V, fo.sampling, rng));
-                return next;
+            SamplingParams sp;
+            sp.temperature = T;
+            sp.top_k = T > 1 ? 20 : 0;
+            sp.top_p = 0.9f;
+            auto run = [&](bool by_forward, std::mt19937_64& rng) {
+                return test::first_tokens(p.gpu, prompts, sp, by_forward, rng);
             };
             std::mt19937_64 a(11), b(11);
             CHECK(run(true, a) == run(false, b));
