@@ -2,7 +2,9 @@
 // and the reference are cpu::attention in kernels/cpu/ops_cpu.{h,cpp}). Flash-style: scores
 // live in registers, never in global memory, and the softmax is online in f32.
 //
-// Two kernels, both deliberately plain:
+// Three kernels:
+//   prefill on tensor cores (the default where its shared memory fits: attn_prefill_tc_kernel,
+//            described where it is defined), else
 //   prefill  one block per (tile of BQ query rows, head, sequence). The block walks the keys its
 //            rows can see in tiles of 32 staged in shared memory (K, then V into the same buffer,
 //            so head_dim 256 still fits 48 KB of static shared memory). Each warp owns BQ/4 query
@@ -16,7 +18,10 @@
 //            splits' (max, sum, accumulator) triples.
 // Visible keys of a query at absolute position p: [lo, p] with lo = max(0, p − W + 1) for a
 // window W, else 0 — W keys counting the query's own, exactly as the CPU twin.
+#include <mma.h>
+
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <mutex>
 #include <string>
@@ -191,6 +196,197 @@ __global__ void __launch_bounds__(kThreads) attn_prefill_kernel(AttnArgs a) {
     }
 }
 
+// ---- prefill on tensor cores -------------------------------------------------------------------
+//
+// The same tiles as attn_prefill_kernel, with both products on tensor cores (WMMA, TF32 inputs:
+// 10-bit mantissas, f32 accumulation): one block of 4 warps per (64 query rows, head, sequence),
+// each warp owning 16 rows. Per key tile: S = Q·Kᵀ (warp's rows × BK keys) into shared memory;
+// two lanes per row run the masked online softmax over S in place (P = e^(s − m)); the warp's
+// output rows in shared memory are rescaled by e^(m_old − m_new), then O += P·V. Head dims up to
+// HD are zero-padded (zeros add nothing to Q·Kᵀ, and padded V columns are never written out).
+// Shared memory: Q, K, V, O and S tiles, about 93 KB (HD 64), 158 KB (HD 128), 214 KB (HD 256);
+// where the GPU offers less per block (an A100 has 163 KB) the CUDA-core kernel runs instead.
+
+constexpr int kTcWarps = 4;
+constexpr int kTcRows = 16 * kTcWarps;  // query rows per block
+
+template <int HD, int BK>
+struct TcLayout {
+    static constexpr int LD = HD + 8;  // Q, K, V, O row stride in floats: rows stay 32-byte aligned for WMMA
+    static constexpr int LS = BK + 8;  // S row stride
+    static constexpr int kQ = 0, kK = kQ + kTcRows * LD, kV = kK + BK * LD, kO = kV + BK * LD, kS = kO + kTcRows * LD;
+    static constexpr int kM = kS + kTcRows * LS, kL = kM + kTcRows, kC = kL + kTcRows;  // per-row max, sum, rescale
+    static constexpr size_t bytes = size_t(kC + kTcRows) * sizeof(float);
+};
+
+template <typename Frag>
+__device__ __forceinline__ void to_tf32(Frag& f) {
+#pragma unroll
+    for (int i = 0; i < f.num_elements; ++i) f.x[i] = nvcuda::wmma::__float_to_tf32(f.x[i]);
+}
+
+template <int HD, int BK>
+__global__ void __launch_bounds__(32 * kTcWarps) attn_prefill_tc_kernel(AttnArgs a) {
+    namespace wmma = nvcuda::wmma;
+    using Lay = TcLayout<HD, BK>;
+    constexpr int LD = Lay::LD, LS = Lay::LS;
+    static_assert(HD % 16 == 0 && BK % 16 == 0, "WMMA tiles");
+    extern __shared__ __align__(128) float sm[];
+    float* sQ = sm + Lay::kQ;
+    float* sK = sm + Lay::kK;
+    float* sV = sm + Lay::kV;
+    float* sO = sm + Lay::kO;
+    float* sS = sm + Lay::kS;
+    float* sM = sm + Lay::kM;
+    float* sL = sm + Lay::kL;
+    float* sC = sm + Lay::kC;
+
+    const int s = blockIdx.z, h = blockIdx.y;
+    const int q0 = blockIdx.x * kTcRows;
+    const int L = a.len[s];
+    if (q0 >= L) return;  // the whole block
+    const int nq = min(kTcRows, L - q0);
+    const int hd = a.head_dim;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int64_t first_row = int64_t(a.row0[s]) + q0;
+    const int p_first = a.pos0[s] + q0;
+    const int p_last = p_first + nq - 1;
+    const int k_lo = a.window > 0 ? max(0, p_first - a.window + 1) : 0;
+    const int kvh = h / a.group;
+    const float* K = a.k_base[s] + int64_t(kvh) * hd;
+    const float* V = a.v_base[s] + int64_t(kvh) * hd;
+
+    // Q (zeros past nq rows and past head_dim), O = 0, m = −∞, l = 0
+    for (int idx = tid; idx < kTcRows * HD; idx += blockDim.x) {
+        const int r = idx / HD, d = idx - r * HD;
+        sQ[r * LD + d] = r < nq && d < hd ? a.q[(first_row + r) * a.q_stride + int64_t(h) * hd + d] : 0.0f;
+        sO[r * LD + d] = 0.0f;
+    }
+    for (int r = tid; r < kTcRows; r += blockDim.x) sM[r] = -INFINITY, sL[r] = 0.0f;
+
+    const int r0 = 16 * warp;  // the warp's first row
+    for (int k0 = k_lo; k0 <= p_last; k0 += BK) {
+        const int nk = min(BK, p_last - k0 + 1);
+        __syncthreads();  // Q, O, m, l are set; every warp is done with the previous K and V
+        // K and V rows [k0, k0 + nk); zeros past nk (V's must be: 0 · garbage could be NaN)
+        for (int idx = tid; idx < BK * HD; idx += blockDim.x) {
+            const int j = idx / HD, d = idx - j * HD;
+            const bool in = j < nk && d < hd;
+            const int64_t off = int64_t(k0 + j) * a.kv_stride + d;
+            sK[j * LD + d] = in ? K[off] : 0.0f;
+            sV[j * LD + d] = in ? V[off] : 0.0f;
+        }
+        __syncthreads();
+
+        // S = Q · Kᵀ for the warp's 16 rows (K row-major [key][d] is Kᵀ column-major)
+#pragma unroll
+        for (int j = 0; j < BK / 16; ++j) {
+            wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc;
+            wmma::fill_fragment(acc, 0.0f);
+#pragma unroll 4
+            for (int kk = 0; kk < HD; kk += 8) {
+                wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> fa;
+                wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::col_major> fb;
+                wmma::load_matrix_sync(fa, sQ + r0 * LD + kk, LD);
+                wmma::load_matrix_sync(fb, sK + 16 * j * LD + kk, LD);
+                to_tf32(fa);
+                to_tf32(fb);
+                wmma::mma_sync(acc, fa, fb, acc);
+            }
+            wmma::store_matrix_sync(sS + r0 * LS + 16 * j, acc, LS, wmma::mem_row_major);
+        }
+        __syncwarp();
+
+        // Masked online softmax in place, two lanes per row (even and odd columns). Rows past nq
+        // see every loaded key (their zeros score 0) so nothing there is −∞; they are never written.
+        {
+            const int r = r0 + (lane >> 1), half = lane & 1;
+            const int p = p_first + r;
+            float* srow = sS + r * LS;
+            float mx = -INFINITY;
+            for (int col = half; col < BK; col += 2) {
+                const int key = k0 + col;
+                const bool vis = col < nk && (r >= nq || (key <= p && (a.window == 0 || key > p - a.window)));
+                const float v = vis ? finish_score(srow[col], a) : -INFINITY;
+                srow[col] = v;
+                mx = fmaxf(mx, v);
+            }
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            const float m_old = sM[r];
+            const float m_new = fmaxf(m_old, mx);
+            const bool any = m_new != -INFINITY;                 // the row has seen a visible key
+            const float corr = any ? expf(m_old - m_new) : 1.0f;  // 0 on its first visible tile
+            float sum = 0.0f;
+            for (int col = half; col < BK; col += 2) {
+                const float pv = any ? expf(srow[col] - m_new) : 0.0f;  // 0 for masked keys
+                srow[col] = pv;
+                sum += pv;
+            }
+            sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+            __syncwarp();  // both lanes have read sM[r]
+            if (half == 0) {
+                sM[r] = m_new;
+                sL[r] = sL[r] * corr + sum;
+                sC[r] = corr;
+            }
+        }
+        __syncwarp();
+        for (int idx = lane; idx < 16 * HD; idx += 32) {
+            const int r = r0 + idx / HD, d = idx % HD;
+            sO[r * LD + d] *= sC[r];
+        }
+        __syncwarp();
+
+        // O += P · V (V row-major [key][d])
+#pragma unroll
+        for (int j = 0; j < HD / 16; ++j) {
+            wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc;
+            wmma::load_matrix_sync(acc, sO + r0 * LD + 16 * j, LD, wmma::mem_row_major);
+#pragma unroll
+            for (int kk = 0; kk < BK; kk += 8) {
+                wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> fa;
+                wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> fb;
+                wmma::load_matrix_sync(fa, sS + r0 * LS + kk, LS);
+                wmma::load_matrix_sync(fb, sV + kk * LD + 16 * j, LD);
+                to_tf32(fa);
+                to_tf32(fb);
+                wmma::mma_sync(acc, fa, fb, acc);
+            }
+            wmma::store_matrix_sync(sO + r0 * LD + 16 * j, acc, LD, wmma::mem_row_major);
+        }
+    }
+    __syncwarp();
+
+    // out = O / l for the warp's own rows (l > 0: a query's own key is always visible)
+    const int64_t out_stride = int64_t(a.n_heads) * hd;
+    for (int idx = lane; idx < 16 * hd; idx += 32) {
+        const int r = r0 + idx / hd, d = idx % hd;
+        if (r < nq) a.out[(first_row + r) * out_stride + int64_t(h) * hd + d] = sO[r * LD + d] / sL[r];
+    }
+}
+
+std::atomic<int> g_prefill_kernel{-1};  // set_prefill_attention
+
+// Whether the tensor-core kernel for HD can run here: its shared memory is granted once per
+// process (the opt-in above 48 KB); false where the GPU offers less per block.
+template <int HD, int BK>
+bool tc_prefill_ready() {
+    static const bool ok = [] {
+        int dev = 0, optin = 0;
+        if (cudaGetDevice(&dev) != cudaSuccess ||
+            cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess ||
+            size_t(optin) < TcLayout<HD, BK>::bytes) {
+            cudaGetLastError();
+            return false;
+        }
+        const bool set = cudaFuncSetAttribute(attn_prefill_tc_kernel<HD, BK>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              int(TcLayout<HD, BK>::bytes)) == cudaSuccess;
+        cudaGetLastError();
+        return set;
+    }();
+    return ok;
+}
+
 // One block per (split, head, sequence) of a decode step: keys [lo + split·chunk, +chunk) ∩
 // [lo, p]. With one split it writes the output row; else its (max, sum) to part_ml[2·idx..] and
 // its unnormalised accumulator to part_acc[idx·hd..], idx = (s·n_heads + h)·n_splits + split.
@@ -356,6 +552,13 @@ int ceil_div(int64_t a, int64_t b) { return int((a + b - 1) / b); }
 template <int HD>
 void launch(cudaStream_t stream, const AttnArgs& a, int n_seqs, int max_len, int max_ctx) {
     if (max_len > 1) {
+        constexpr int BK = HD <= 128 ? 64 : 32;
+        if (g_prefill_kernel.load() != 0 && tc_prefill_ready<HD, BK>()) {
+            const dim3 grid(unsigned(ceil_div(max_len, kTcRows)), unsigned(a.n_heads), unsigned(n_seqs));
+            attn_prefill_tc_kernel<HD, BK><<<grid, 32 * kTcWarps, TcLayout<HD, BK>::bytes, stream>>>(a);
+            CUDA_CHECK(cudaGetLastError());
+            return;
+        }
         constexpr int BQ = HD <= 64 ? 32 : HD <= 128 ? 16 : 8;  // 16.5, 24.7, 41.1 KB of shared memory
         const dim3 grid(unsigned(ceil_div(max_len, BQ)), unsigned(a.n_heads), unsigned(n_seqs));
         attn_prefill_kernel<HD, BQ><<<grid, kThreads, 0, stream>>>(a);
@@ -390,6 +593,8 @@ void launch(cudaStream_t stream, const AttnArgs& a, int n_seqs, int max_len, int
 }
 
 }  // namespace
+
+void set_prefill_attention(int mode) { g_prefill_kernel.store(mode); }
 
 void attention(cudaStream_t stream, float* out, const float* q, int q_stride, int n_seqs, const int32_t* row0,
                const int32_t* len, const int32_t* pos0, const float* const* k_base, const float* const* v_base,

@@ -67,6 +67,11 @@ void attention(cudaStream_t stream, float* out, const float* q, int q_stride, in
                int kv_stride, int n_heads, int n_kv_heads, int head_dim, float scale, int window, float softcap,
                int max_len, int max_ctx);
 
+// Which prefill attention kernel runs: 1 or -1 (default) the tensor-core one (TF32 products,
+// f32 softmax and accumulation) where the GPU grants its shared memory, else the CUDA-core one;
+// 0 the CUDA-core one always (full f32). Decode is unaffected. Tests run both.
+void set_prefill_attention(int mode);
+
 // GEMMs: y[n, out] = x[n, in] · W[out, in]ᵀ (+ bias[out]) with bf16 W, f32 x, y, bias and f32
 // accumulation. Small n (decode) runs a hand-written bandwidth-bound kernel that reads x in f32;
 // larger n converts x to bf16 in the context's scratch and calls cublasGemmEx

@@ -179,6 +179,8 @@ std::vector<int32_t> argmax_rows(const std::vector<float>& x, int n, int cols) {
     return download(s, dout);
 }
 
+void set_prefill_attention(int mode) { cuda::set_prefill_attention(mode); }
+
 std::vector<int32_t> sample_rows(const std::vector<float>& x, int n, int cols, float temperature, int top_k, float top_p,
                                  const std::vector<double>& u) {
     Stream s;

@@ -50,6 +50,8 @@ std::vector<float> attention(const std::vector<float>& q, int q_stride, const st
 std::vector<float> matmul_wt(const std::vector<float>& x, const std::vector<float>& W, const std::vector<float>& bias,
                              int n, int out, int in);
 
+// cuda::set_prefill_attention (kernels/cuda/ops.cuh): 0 CUDA cores only, -1 default.
+void set_prefill_attention(int mode);
 std::vector<int32_t> argmax_rows(const std::vector<float>& x, int n, int cols);
 std::vector<int32_t> sample_rows(const std::vector<float>& x, int n, int cols, float temperature, int top_k, float top_p,
                                  const std::vector<double>& u);
