@@ -207,6 +207,9 @@ public:
         : s_(s), stream_(stream), copy_(copy_stream), ready_(ready), hooks_(hooks), check_(check_finite),
           advance_(std::move(advance_lengths)) {}
 
+    // Whether anything (a hook or --check-finite) reads the site this call.
+    bool wants(Site site) const { return (hooks_ && hooks_->wants(site)) || check_; }
+
     // Whether a site goes through the queue this call (rather than a round trip, or nowhere).
     bool queues(Site site) const {
         const bool hooked = hooks_ && hooks_->wants(site);
@@ -352,6 +355,10 @@ public:
             sig.insert(sig.end(), {uint64_t(st.op), uint64_t(alpha), uint64_t(st.n_rows), st.rows, st.vec, uint64_t(st.src_ld)});
         }
         return sig;
+    }
+
+    bool has(Site site, int layer) const {
+        return !steps_.empty() && first_[slot(site, layer)] < first_[slot(site, layer) + 1];
     }
 
     // The steps at (site, layer) on the rows at device x [n, d].
@@ -709,17 +716,24 @@ std::vector<float> ForwardCuda::forward(const Model& m, RunState& st, std::span<
         steer.at(where, layer, data, d);
         taps.at(where, layer, data, n, d, rs, rp);
     };
+    // Nothing to do at a site this call (no steering step, no tap): a residual add and the norm
+    // after it can then be one kernel (add_rmsnorm), the same floats in one pass over x.
+    auto quiet = [&](Site where, int layer) { return !steer.has(where, layer) && !taps.wants(where); };
+    const bool final_hooked = hooks && (hooks->wants(Site::FinalNorm) || hooks->steers(Site::FinalNorm));
     auto compute = [&](int ctx) {
         cuda::embed(cs, x, g.embed.get(), token_d, n, d, c.embed_scale);  // Gemma: × sqrt(d), in f32
         site(Site::Embed, -1, x);
 
+        bool h_ready = false;  // h holds this layer's attn_norm(x) already (fused into the last add)
+        bool final_ready = false;  // h holds final_norm(x) already
         for (int L = 0; L < c.n_layers; ++L) {
             const LayerDevice& lw = g.layers[size_t(L)];
             site(Site::ResidPre, L, x);
 
             // attention: norm → fused qkv GEMM → (q/k norm) → RoPE → cache append → attend → o_proj
             // (→ Gemma 2/3 post-attention norm)
-            rmsnorm(cs, h, x, lw.attn_norm.get(), n, d, c.norm_eps);
+            if (!h_ready) rmsnorm(cs, h, x, lw.attn_norm.get(), n, d, c.norm_eps);
+            h_ready = false;
             gemm.matmul_wt(qkv, h, lw.wqkv.get(), bias(lw.bqkv), n, qkv_w, d);
             if (c.qk_norm) {
                 head_rmsnorm(cs, qkv, n, qkv_w, 0, c.n_heads, hd, lw.q_norm.get(), c.norm_eps);
@@ -735,29 +749,44 @@ std::vector<float> ForwardCuda::forward(const Model& m, RunState& st, std::span<
             gemm.matmul_wt(proj, attn, lw.wo.get(), bias(lw.bo), n, d, qd);
             if (lw.post_attn_norm.size()) rmsnorm(cs, proj, proj, lw.post_attn_norm.get(), n, d, c.norm_eps);
             site(Site::AttnOut, L, proj);
-            add(cs, x, proj, int64_t(nd));
-            site(Site::ResidMid, L, x);
-
-            // MLP: norm → fused gate/up GEMM → act(gate)·up → down (→ Gemma 2/3 post-feedforward norm)
-            rmsnorm(cs, h, x, lw.mlp_norm.get(), n, d, c.norm_eps);
+            // MLP: (residual add +) norm → fused gate/up GEMM → act(gate)·up → down (→ Gemma 2/3
+            // post-feedforward norm)
+            if (quiet(Site::ResidMid, L)) {
+                add_rmsnorm(cs, x, proj, h, lw.mlp_norm.get(), n, d, c.norm_eps);
+            } else {
+                add(cs, x, proj, int64_t(nd));
+                site(Site::ResidMid, L, x);
+                rmsnorm(cs, h, x, lw.mlp_norm.get(), n, d, c.norm_eps);
+            }
             gemm.matmul_wt(gate_up, h, lw.w_gate_up.get(), bias(lw.b_gate_up), n, 2 * I, d);
             gated_act(cs, c.act, mlp, gate_up, n, I);
             gemm.matmul_wt(proj, mlp, lw.w_down.get(), bias(lw.b_down), n, d, I);
             if (lw.post_mlp_norm.size()) rmsnorm(cs, proj, proj, lw.post_mlp_norm.get(), n, d, c.norm_eps);
             site(Site::MlpOut, L, proj);
-            add(cs, x, proj, int64_t(nd));
-            site(Site::ResidPost, L, x);
+            // the residual add, fused with the next norm (the next layer's, or the final one for
+            // every row) when no site in between has work
+            const bool last_layer = L + 1 == c.n_layers;
+            if (!last_layer && quiet(Site::ResidPost, L) && quiet(Site::ResidPre, L + 1)) {
+                add_rmsnorm(cs, x, proj, h, g.layers[size_t(L) + 1].attn_norm.get(), n, d, c.norm_eps);
+                h_ready = true;
+            } else if (last_layer && every_row && !final_hooked && quiet(Site::ResidPost, L)) {
+                add_rmsnorm(cs, x, proj, h, g.final_norm.get(), n, d, c.norm_eps);
+                final_ready = true;
+            } else {
+                add(cs, x, proj, int64_t(nd));
+                site(Site::ResidPost, L, x);
+            }
         }
         taps.advance_lengths();
 
         const float* normed = nullptr;
-        if (hooks && (hooks->wants(Site::FinalNorm) || hooks->steers(Site::FinalNorm))) {
+        if (final_hooked) {
             rmsnorm(cs, h, x, g.final_norm.get(), n, d, c.norm_eps);
             site(Site::FinalNorm, -1, h);
             if (!every_row) gather(h);
             normed = every_row ? h : last;
         } else if (every_row) {
-            rmsnorm(cs, h, x, g.final_norm.get(), n, d, c.norm_eps);
+            if (!final_ready) rmsnorm(cs, h, x, g.final_norm.get(), n, d, c.norm_eps);
             normed = h;
         } else {
             gather(x);

@@ -31,6 +31,10 @@ void embed(cudaStream_t stream, float* x, const bf16* table, const int32_t* toke
 // already folded in at load, as on the CPU).
 void rmsnorm(cudaStream_t stream, float* y, const float* x, const float* w, int n, int d, float eps);
 
+// x += r, then y = rmsnorm(x) · w (y must not alias x or r): add and rmsnorm in one pass over x,
+// the same floats as the two calls (each thread adds, squares and normalises the same elements).
+void add_rmsnorm(cudaStream_t stream, float* x, const float* r, float* y, const float* w, int n, int d, float eps);
+
 // RMSNorm over each of n_heads head_dim-wide slices starting at column col0 of rows of
 // `stride` floats, in place (Qwen 3 / Gemma 3 q/k norms).
 void head_rmsnorm(cudaStream_t stream, float* x, int n, int stride, int col0, int n_heads, int head_dim,

@@ -82,6 +82,21 @@ std::vector<float> rmsnorm(const std::vector<float>& x, const std::vector<float>
     return download(s, dy);
 }
 
+std::vector<float> add_rmsnorm(const std::vector<float>& x, const std::vector<float>& r, const std::vector<float>& w,
+                               int n, int d, float eps, bool fused) {
+    Stream s;
+    DeviceBuffer<float> dx = upload(s, x), dr = upload(s, r), dw = upload(s, w), dy(x.size());
+    if (fused) {
+        cuda::add_rmsnorm(s, dx.get(), dr.get(), dy.get(), dw.get(), n, d, eps);
+    } else {
+        cuda::add(s, dx.get(), dr.get(), int64_t(x.size()));
+        cuda::rmsnorm(s, dy.get(), dx.get(), dw.get(), n, d, eps);
+    }
+    std::vector<float> out = download(s, dy), sum = download(s, dx);
+    out.insert(out.end(), sum.begin(), sum.end());
+    return out;
+}
+
 std::vector<float> head_rmsnorm(const std::vector<float>& x, int n, int stride, int col0, int n_heads, int head_dim,
                                 const std::vector<float>& w, float eps) {
     Stream s;

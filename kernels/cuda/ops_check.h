@@ -23,6 +23,9 @@ std::vector<float> to_bf16(const std::vector<float>& x);
 std::vector<float> embed(const std::vector<float>& table, const std::vector<int32_t>& tokens, int d, float scale);
 
 std::vector<float> rmsnorm(const std::vector<float>& x, const std::vector<float>& w, int n, int d, float eps);
+// x += r, y = rmsnorm(x) · w, by the fused kernel or by add then rmsnorm; returns y then x.
+std::vector<float> add_rmsnorm(const std::vector<float>& x, const std::vector<float>& r, const std::vector<float>& w,
+                               int n, int d, float eps, bool fused);
 // x: [n, stride]; returns x with the head slices normalised.
 std::vector<float> head_rmsnorm(const std::vector<float>& x, int n, int stride, int col0, int n_heads, int head_dim,
                                 const std::vector<float>& w, float eps);

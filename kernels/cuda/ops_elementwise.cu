@@ -69,6 +69,24 @@ __global__ void rmsnorm_kernel(float* y, const float* x, const float* w, int d, 
     for (int j = threadIdx.x; j < d; j += blockDim.x) yi[j] = (xi[j] * inv) * w[j];
 }
 
+// rmsnorm_kernel after x += r, in the same pass: every thread adds, then squares, the elements it
+// later normalises, so the floats are those of add + rmsnorm.
+__global__ void add_rmsnorm_kernel(float* x, const float* r, float* y, const float* w, int d, float eps) {
+    const int64_t row = blockIdx.x;
+    float* xi = x + row * d;
+    const float* ri = r + row * d;
+    float* yi = y + row * d;
+    float ss = 0;
+    for (int j = threadIdx.x; j < d; j += blockDim.x) {
+        const float v = xi[j] + ri[j];
+        xi[j] = v;
+        ss += v * v;
+    }
+    ss = block_sum(ss);
+    const float inv = 1.0f / sqrtf(ss / float(d) + eps);
+    for (int j = threadIdx.x; j < d; j += blockDim.x) yi[j] = (xi[j] * inv) * w[j];
+}
+
 // One warp per (row, head): blockIdx.x is the row, blockIdx.y · warps + warp the head.
 __global__ void head_rmsnorm_kernel(float* x, int stride, int col0, int n_heads, int head_dim, const float* w,
                                     float eps) {
@@ -217,6 +235,12 @@ void embed(cudaStream_t stream, float* x, const bf16* table, const int32_t* toke
 void rmsnorm(cudaStream_t stream, float* y, const float* x, const float* w, int n, int d, float eps) {
     if (n <= 0 || d <= 0) return;
     rmsnorm_kernel<<<n, kBlock, 0, stream>>>(y, x, w, d, eps);
+    CUDA_CHECK(cudaGetLastError());
+}
+
+void add_rmsnorm(cudaStream_t stream, float* x, const float* r, float* y, const float* w, int n, int d, float eps) {
+    if (n <= 0 || d <= 0) return;
+    add_rmsnorm_kernel<<<n, kBlock, 0, stream>>>(x, r, y, w, d, eps);
     CUDA_CHECK(cudaGetLastError());
 }
 

@@ -169,6 +169,16 @@ TEST_CASE("gpu ops: norms, RoPE, activations, soft-cap, add and copy equal the C
         std::vector<float> ref(x.size());
         cpu::rmsnorm(ref.data(), x.data(), w.data(), n, d, 1e-6f);
         report("rmsnorm", shape("n=%d d=%d", n, d), nerr(check::rmsnorm(x, w, n, d, 1e-6f), ref), 1e-5);
+        // the residual add fused with the norm: the CPU's add then rmsnorm, and bit for bit the
+        // GPU's two kernels
+        const auto r = randn(x.size(), uint64_t(n * 37 + d));
+        auto sum = x;
+        cpu::add(sum.data(), r.data(), int64_t(sum.size()));
+        cpu::rmsnorm(ref.data(), sum.data(), w.data(), n, d, 1e-6f);
+        ref.insert(ref.end(), sum.begin(), sum.end());
+        const auto fused = check::add_rmsnorm(x, r, w, n, d, 1e-6f, true);
+        report("add_rmsnorm", shape("n=%d d=%d", n, d), nerr(fused, ref), 1e-5);
+        CHECK(fused == check::add_rmsnorm(x, r, w, n, d, 1e-6f, false));
     }
 
     for (int hd : {8, 40, 64, 128, 256}) {
