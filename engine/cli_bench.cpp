@@ -337,6 +337,8 @@ int cmd_bench(int argc, char** argv) {
         nominal_gb_s = cuda::nominal_memory_gb_s();
         device_name = m.cuda->device();
         j["weights_on_device_bytes"] = m.cuda->weight_bytes();
+        j["prefill_attention"] = m.cuda->prefill_attention();
+        j["decode_graphs"] = m.cuda->decode_graphs();
 #endif
         if (!(copy_gb_s > 0 && peak_tflops > 0)) fail("bench", "could not measure the device's ceilings");
         j["device"] = "cuda";

@@ -596,6 +596,13 @@ void launch(cudaStream_t stream, const AttnArgs& a, int n_seqs, int max_len, int
 
 void set_prefill_attention(int mode) { g_prefill_kernel.store(mode); }
 
+bool prefill_on_tensor_cores(int head_dim) {
+    if (g_prefill_kernel.load() == 0 || head_dim <= 0 || head_dim > 256) return false;
+    if (head_dim <= 64) return tc_prefill_ready<64, 64>();
+    if (head_dim <= 128) return tc_prefill_ready<128, 64>();
+    return tc_prefill_ready<256, 32>();
+}
+
 void attention(cudaStream_t stream, float* out, const float* q, int q_stride, int n_seqs, const int32_t* row0,
                const int32_t* len, const int32_t* pos0, const float* const* k_base, const float* const* v_base,
                int kv_stride, int n_heads, int n_kv_heads, int head_dim, float scale, int window, float softcap,

@@ -470,6 +470,7 @@ struct ForwardCuda::Impl {
     std::vector<LayerDevice> layers;
     size_t bytes = 0;
     std::string name;
+    int head_dim = 0;
 
     const bf16* output() const { return lm_head.size() ? lm_head.get() : embed.get(); }
     ~Impl() {
@@ -540,6 +541,7 @@ ForwardCuda::ForwardCuda(const Model& m) : impl_(std::make_unique<Impl>()) {
     int dev = 0;
     CUDA_CHECK(cudaGetDevice(&dev));
     g.name = device_name(dev);
+    g.head_dim = c.head_dim;
 
     // Refuse up front, with sizes, rather than fail halfway through the upload.
     size_t bf16_count = w.embed.size() + w.lm_head.size(), f32_count = w.final_norm.size();
@@ -594,6 +596,10 @@ ForwardCuda::~ForwardCuda() = default;
 
 size_t ForwardCuda::weight_bytes() const { return impl_->bytes; }
 std::string ForwardCuda::device() const { return impl_->name; }
+std::string ForwardCuda::prefill_attention() const {
+    return prefill_on_tensor_cores(impl_->head_dim) ? "tensor cores (TF32)" : "CUDA cores (F32)";
+}
+bool ForwardCuda::decode_graphs() const { return graphs_enabled(*impl_); }
 
 // ---- the forward pass -------------------------------------------------------------------------
 

@@ -43,6 +43,10 @@ public:
     void copy_prefix(const KVCache& from, KVCache& to, int positions);
 
     size_t weight_bytes() const;  // device memory the weights take
+    // Which kernels run, for reports: "tensor cores (TF32)" or "CUDA cores (F32)" for this model's
+    // prefill attention, and whether decode steps run as CUDA graphs (not after a failed capture).
+    std::string prefill_attention() const;
+    bool decode_graphs() const;
     std::string device() const;   // "NVIDIA H100 80GB HBM3 (sm_90)"
 
     struct Impl;

@@ -75,6 +75,8 @@ void attention(cudaStream_t stream, float* out, const float* q, int q_stride, in
 // f32 softmax and accumulation) where the GPU grants its shared memory, else the CUDA-core one;
 // 0 the CUDA-core one always (full f32). Decode is unaffected. Tests run both.
 void set_prefill_attention(int mode);
+// Whether a prefill with this head_dim runs on the tensor-core kernel here.
+bool prefill_on_tensor_cores(int head_dim);
 
 // GEMMs: y[n, out] = x[n, in] · W[out, in]ᵀ (+ bias[out]) with bf16 W, f32 x, y, bias and f32
 // accumulation. Small n (decode) runs a hand-written bandwidth-bound kernel that reads x in f32;
