@@ -301,6 +301,14 @@ if h0:
 if num(s0, "copy_gb_s"):
     print(f"Device ceilings measured by stitch bench: copy {num(s0, 'copy_gb_s') or 0:,.0f} GB/s (1 GiB device-to-device, "
           f"read + write), bf16 GEMM {num(s0, 'gemm_peak_tflops') or 0:,.0f} TFLOP/s (8192³ cublasGemmEx).")
+kernels = []
+for sh in shapes:
+    s = load(f"{out}/{sh}.stitch.json")
+    if s and "prefill_attention" in s:
+        kernels.append(f"{sh}: prefill attention on {s['prefill_attention']}, decode "
+                       f"{'as CUDA graphs' if s.get('decode_graphs') else 'without CUDA graphs'}")
+if kernels:
+    print("stitch kernels: " + "; ".join(kernels) + ".")
 print()
 cols = ([f"prefill {n}" for n in lens] + ["decode b1", f"decode b{batch}", f"capture ({short} tok)",
         "stitch decode GB/s (% roofline)", f"stitch GEMM TFLOP/s at {long} (% peak)"])
