@@ -745,8 +745,8 @@ std::vector<float> ForwardCuda::forward(const Model& m, RunState& st, std::span<
                 head_rmsnorm(cs, qkv, n, qkv_w, 0, c.n_heads, hd, lw.q_norm.get(), c.norm_eps);
                 head_rmsnorm(cs, qkv, n, qkv_w, qd, c.n_kv_heads, hd, lw.k_norm.get(), c.norm_eps);
             }
-            rope(cs, qkv, n, qkv_w, 0, c.n_heads, hd, pos_d, lw.inv_freq.get());
-            rope(cs, qkv, n, qkv_w, qd, c.n_kv_heads, hd, pos_d, lw.inv_freq.get());
+            // q's heads then k's are adjacent (k starts at column qd = n_heads · hd): one launch
+            rope(cs, qkv, n, qkv_w, 0, c.n_heads + c.n_kv_heads, hd, pos_d, lw.inv_freq.get());
             float* const* k_base = k_base_d + size_t(L) * ns;
             float* const* v_base = v_base_d + size_t(L) * ns;
             kv_append(cs, qkv, qkv_w, qd, kvd, n, slot_d, pos_d, k_base, v_base);

@@ -2,8 +2,8 @@
 //
 // Decode (n ≤ kSmallRows) is bound by reading W once: a hand-written kernel streams W rows
 // (16-byte vector loads when rows are 16-byte aligned, else scalar), keeps x in f32, and gives
-// each warp kOutPerWarp output features for all n rows so every x value it loads is used
-// kOutPerWarp times from registers. Prefill is compute-bound: x goes to bf16 in the context's
+// each block kOutPerBlock output features for all n rows (its warps splitting the input), so
+// every x value it loads is used kOutPerBlock times from registers. Prefill is compute-bound: x goes to bf16 in the context's
 // scratch and cuBLAS multiplies on the tensor cores with f32 accumulation (CUBLAS_COMPUTE_32F).
 #include <algorithm>
 #include <cstdint>
@@ -14,8 +14,8 @@
 namespace stitch::cuda {
 namespace {
 
-constexpr int kGemvWarps = 8;
-constexpr int kOutPerWarp = 4;
+constexpr int kGemvWarps = 8;    // warps per block, splitting the input dimension
+constexpr int kOutPerBlock = 4;  // outputs per block: each W value loaded is used for every row of x
 
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -40,29 +40,33 @@ __device__ __forceinline__ void load8(float (&w)[8], const bf16* p) {
     }
 }
 
-// Warp g computes outputs [g·kOutPerWarp, +kOutPerWarp) for the NR rows of x. VEC: in % 8 == 0
-// and W, x 16-byte aligned, so W row o starts 16-byte aligned and x row r too (in·4 bytes is a
-// multiple of 32); lane t then takes elements [8t, 8t + 8), [8t + 256, …), ….
+// Block b computes outputs [b·kOutPerBlock, +kOutPerBlock) for the NR rows of x, its kGemvWarps
+// warps splitting the input dimension: so a 2048-wide output (o_proj, down) still makes 512
+// blocks, enough to keep every SM's memory pipeline full, where one warp per output group made
+// 64 and left half of an H100 idle. Each lane keeps kOutPerBlock × NR partial sums; the warps'
+// sums meet in shared memory, in a fixed order. VEC: in % 8 == 0 and W, x 16-byte aligned, so
+// W row o starts 16-byte aligned and x row r too (in·4 bytes is a multiple of 32); thread t of
+// the block then takes elements [8t, 8t + 8), [8t + 8·256, …), ….
 template <int NR, bool VEC>
 __global__ void __launch_bounds__(32 * kGemvWarps) gemv_bf16_kernel(float* y, const float* x, const bf16* W,
                                                                      const float* bias, int out, int in) {
-    const int lane = threadIdx.x & 31;
-    const int o0 = (blockIdx.x * kGemvWarps + (threadIdx.x >> 5)) * kOutPerWarp;
-    if (o0 >= out) return;  // whole warp; no block-level synchronisation below
-    int nout = out - o0;
-    if (nout > kOutPerWarp) nout = kOutPerWarp;
-    float acc[NR][kOutPerWarp];
+    __shared__ float part[kGemvWarps][NR][kOutPerBlock];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int o0 = blockIdx.x * kOutPerBlock;
+    const int nout = min(kOutPerBlock, out - o0);
+    constexpr int kThreads = 32 * kGemvWarps;
+    float acc[NR][kOutPerBlock];
 #pragma unroll
     for (int r = 0; r < NR; ++r)
 #pragma unroll
-        for (int o = 0; o < kOutPerWarp; ++o) acc[r][o] = 0;
+        for (int o = 0; o < kOutPerBlock; ++o) acc[r][o] = 0;
 
     if constexpr (VEC) {
         const int nvec = in / 8;
-        for (int v = lane; v < nvec; v += 32) {
-            float w[kOutPerWarp][8];
+        for (int v = threadIdx.x; v < nvec; v += kThreads) {
+            float w[kOutPerBlock][8];
 #pragma unroll
-            for (int o = 0; o < kOutPerWarp; ++o) {
+            for (int o = 0; o < kOutPerBlock; ++o) {
                 if (o < nout) {
                     load8(w[o], W + int64_t(o0 + o) * in + int64_t(v) * 8);
                 } else {
@@ -76,21 +80,21 @@ __global__ void __launch_bounds__(32 * kGemvWarps) gemv_bf16_kernel(float* y, co
                 const float4 a = xr[0], b = xr[1];
                 const float xs[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
 #pragma unroll
-                for (int o = 0; o < kOutPerWarp; ++o)
+                for (int o = 0; o < kOutPerBlock; ++o)
 #pragma unroll
                     for (int t = 0; t < 8; ++t) acc[r][o] += xs[t] * w[o][t];
             }
         }
     } else {
-        for (int k = lane; k < in; k += 32) {
-            float w[kOutPerWarp];
+        for (int k = threadIdx.x; k < in; k += kThreads) {
+            float w[kOutPerBlock];
 #pragma unroll
-            for (int o = 0; o < kOutPerWarp; ++o) w[o] = o < nout ? __bfloat162float(W[int64_t(o0 + o) * in + k]) : 0.0f;
+            for (int o = 0; o < kOutPerBlock; ++o) w[o] = o < nout ? __bfloat162float(W[int64_t(o0 + o) * in + k]) : 0.0f;
 #pragma unroll
             for (int r = 0; r < NR; ++r) {
                 const float xv = x[int64_t(r) * in + k];
 #pragma unroll
-                for (int o = 0; o < kOutPerWarp; ++o) acc[r][o] += xv * w[o];
+                for (int o = 0; o < kOutPerBlock; ++o) acc[r][o] += xv * w[o];
             }
         }
     }
@@ -98,16 +102,24 @@ __global__ void __launch_bounds__(32 * kGemvWarps) gemv_bf16_kernel(float* y, co
 #pragma unroll
     for (int r = 0; r < NR; ++r)
 #pragma unroll
-        for (int o = 0; o < kOutPerWarp; ++o) {
+        for (int o = 0; o < kOutPerBlock; ++o) {
             const float v = warp_sum(acc[r][o]);
-            if (lane == 0 && o < nout) y[int64_t(r) * out + o0 + o] = v + (bias ? bias[o0 + o] : 0.0f);
+            if (lane == 0) part[warp][r][o] = v;
         }
+    __syncthreads();
+    for (int i = threadIdx.x; i < NR * kOutPerBlock; i += kThreads) {
+        const int r = i / kOutPerBlock, o = i - r * kOutPerBlock;
+        if (o >= nout) continue;
+        float v = 0;
+#pragma unroll
+        for (int w = 0; w < kGemvWarps; ++w) v += part[w][r][o];
+        y[int64_t(r) * out + o0 + o] = v + (bias ? bias[o0 + o] : 0.0f);
+    }
 }
 
 template <int NR>
 void launch_gemv(cudaStream_t stream, float* y, const float* x, const bf16* W, const float* bias, int out, int in) {
-    const int64_t warps = (int64_t(out) + kOutPerWarp - 1) / kOutPerWarp;
-    const unsigned blocks = unsigned((warps + kGemvWarps - 1) / kGemvWarps);
+    const unsigned blocks = unsigned((int64_t(out) + kOutPerBlock - 1) / kOutPerBlock);
     const bool vec = in % 8 == 0 && reinterpret_cast<uintptr_t>(W) % 16 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
     if (vec)
         gemv_bf16_kernel<NR, true><<<blocks, 32 * kGemvWarps, 0, stream>>>(y, x, W, bias, out, in);
