@@ -713,10 +713,6 @@ std::vector<float> ForwardCuda::forward(const Model& m, RunState& st, std::span<
     };
     float* logits_d = reserve(s.logits, size_t(nl) * size_t(V));
 
-    // Everything from the embedding to the logits, on the stream. `ctx` stands for max_ctx in the
-    // attention launch (its decode split count): a decode step passes max_ctx rounded up to
-    // kGraphCtx, so that consecutive steps launch the same kernels (splits past a sequence's
-    // keys are empty and weigh nothing) and a CUDA graph of one step serves the next ones.
     // A site: its steering on the device, then its taps.
     auto site = [&](Site where, int layer, float* data) {
         steer.at(where, layer, data, d);
@@ -726,6 +722,10 @@ std::vector<float> ForwardCuda::forward(const Model& m, RunState& st, std::span<
     // after it can then be one kernel (add_rmsnorm), the same floats in one pass over x.
     auto quiet = [&](Site where, int layer) { return !steer.has(where, layer) && !taps.wants(where); };
     const bool final_hooked = hooks && (hooks->wants(Site::FinalNorm) || hooks->steers(Site::FinalNorm));
+    // Everything from the embedding to the logits, on the stream. `ctx` stands for max_ctx in the
+    // attention launch (its decode split count): a decode step passes max_ctx rounded up to
+    // kGraphCtx, so that consecutive steps launch the same kernels (splits past a sequence's
+    // keys are empty and weigh nothing) and a CUDA graph of one step serves the next ones.
     auto compute = [&](int ctx) {
         cuda::embed(cs, x, g.embed.get(), token_d, n, d, c.embed_scale);  // Gemma: × sqrt(d), in f32
         site(Site::Embed, -1, x);
