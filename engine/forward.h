@@ -46,11 +46,12 @@ struct Hooks {
     // A pure tap: on_site only reads the rows (capture, statistics, a site collected for a map)
     // and leaves SiteView::data as it was. Then a GPU model need not stop at each site: it copies
     // the rows to pinned host memory on a second stream while it computes on, and calls on_site
-    // for every site, in the CPU path's order and with the same data, at the end of the forward
-    // call (before it returns; changes to data are then lost). Without read_only a GPU model
-    // copies the rows out, calls on_site and copies them back before going on, so a hook that
-    // changes rows works unchanged. The CPU path calls on_site in place either way. (Steering
-    // belongs in `steering` below, which needs no round trip.)
+    // for every site, in the CPU path's order and with the same data, once the rows have landed
+    // (during the call, between later sites' launches, or at its end; always before it returns;
+    // changes to data are lost). Without read_only a GPU model copies the rows out, calls on_site
+    // and copies them back before going on, so a hook that changes rows works unchanged. The CPU
+    // path calls on_site in place either way. (Steering belongs in `steering` above, which needs
+    // no round trip.)
     bool read_only = false;
     bool wants(Site s) const { return (site_mask >> int(s)) & 1u; }
     bool steers(Site s) const;  // steering has an item at site s

@@ -138,7 +138,9 @@ struct KVDevice {
 };
 
 // One site's rows waiting in the tap staging for the host: copied there on the copy stream,
-// handed to the hook (and --check-finite) when the call ends or the staging fills.
+// handed to the hook (and --check-finite) as soon as they have landed and every earlier site has
+// been handed over (checked at each later site while the GPU computes on), else when the staging
+// fills or the call ends.
 struct QueuedSite {
     Site site;
     int layer;
@@ -148,6 +150,7 @@ struct QueuedSite {
     const int32_t* pos;
     bool hook;    // false: only --check-finite wants it
     bool commit;  // not a site: where the caches' lengths advance, between the last block and final_norm
+    cudaEvent_t landed = nullptr;  // recorded on the copy stream after the rows' copy
 };
 
 // RunState::cuda: what one forward call needs besides the weights, kept for the next call.
@@ -159,6 +162,8 @@ struct ForwardScratch {
     PinnedBuffer<float> tap_host;           // … then copied here on the copy stream
     size_t tap_used = 0;                    // floats of the staging in use
     std::vector<QueuedSite> queued;
+    size_t handed = 0;                      // queued[0, handed) are with the host already
+    std::vector<cudaEvent_t> tap_events;    // queued[i].landed is tap_events[i] (made on demand)
     PinnedBuffer<float> round_trip;         // rows of a hook that may change them
     DeviceBuffer<int32_t> next;             // ForwardOptions::next picked on the device
     DeviceBuffer<double> draws;             // … with these uniform draws
@@ -166,6 +171,20 @@ struct ForwardScratch {
     DeviceBuffer<unsigned char> steer;      // this call's steering steps: row indices and vectors
     PinnedBuffer<unsigned char> steer_host;  // … staged here, sent with one copy
     size_t tap_capacity() const { return std::min(tap_dev.size(), tap_host.size()); }
+    cudaEvent_t tap_event(size_t i) {
+        while (tap_events.size() <= i) {
+            cudaEvent_t e = nullptr;
+            CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+            tap_events.push_back(e);
+        }
+        return tap_events[i];
+    }
+    ForwardScratch() = default;
+    ForwardScratch(const ForwardScratch&) = delete;
+    ForwardScratch& operator=(const ForwardScratch&) = delete;
+    ~ForwardScratch() {
+        for (cudaEvent_t e : tap_events) cudaEventDestroy(e);
+    }
 };
 
 namespace {
@@ -258,22 +277,36 @@ public:
         CUDA_CHECK(cudaStreamWaitEvent(copy_, ready_, 0));
         CUDA_CHECK(cudaMemcpyAsync(s_.tap_host.get() + s_.tap_used, snap, count * sizeof(float), cudaMemcpyDeviceToHost,
                                    copy_));
-        s_.queued.push_back(QueuedSite{site, layer, s_.tap_used, rows, cols, seq, pos, hooked, false});
+        const cudaEvent_t landed = s_.tap_event(s_.queued.size());
+        CUDA_CHECK(cudaEventRecord(landed, copy_));
+        s_.queued.push_back(QueuedSite{site, layer, s_.tap_used, rows, cols, seq, pos, hooked, false, landed});
         s_.tap_used += count;
+        hand_over(false);  // the host works on the sites that have landed while the GPU goes on
     }
 
     // After the last block: the CPU path advances the caches' lengths here, so a site queued
     // before this point that fails --check-finite leaves them as they were, and one after it not.
     void advance_lengths() {
         if (s_.queued.empty()) advance_();
-        else s_.queued.push_back(QueuedSite{Site::Embed, -1, 0, 0, 0, nullptr, nullptr, false, true});
+        else s_.queued.push_back(QueuedSite{Site::Embed, -1, 0, 0, 0, nullptr, nullptr, false, true, nullptr});
     }
 
     // Every queued site to its hook and finite check, in order, once its copy has landed.
-    void drain() {
-        if (s_.queued.empty()) return;
-        CUDA_CHECK(cudaStreamSynchronize(copy_));
-        for (const QueuedSite& q : s_.queued) {
+    void drain() { hand_over(true); }
+
+private:
+    // The queued sites not handed over yet, in order: all of them (wait), or those whose copy has
+    // landed up to the first that has not. An emptied queue frees the whole staging.
+    void hand_over(bool wait) {
+        if (wait && s_.handed < s_.queued.size()) CUDA_CHECK(cudaStreamSynchronize(copy_));
+        while (s_.handed < s_.queued.size()) {
+            const QueuedSite& q = s_.queued[s_.handed];
+            if (!q.commit && !wait) {
+                const cudaError_t e = cudaEventQuery(q.landed);
+                if (e == cudaErrorNotReady) return;
+                CUDA_CHECK(e);
+            }
+            ++s_.handed;  // before the hook runs: one that throws is not handed over twice
             if (q.commit) {
                 advance_();
                 continue;
@@ -283,10 +316,10 @@ public:
             if (check_) check_site_finite(v);
         }
         s_.queued.clear();
+        s_.handed = 0;
         s_.tap_used = 0;
     }
 
-private:
     ForwardScratch& s_;
     cudaStream_t stream_, copy_;
     cudaEvent_t ready_;
@@ -620,6 +653,7 @@ std::vector<float> ForwardCuda::forward(const Model& m, RunState& st, std::span<
             cudaStreamSynchronize(g.stream);
             cudaStreamSynchronize(g.copy_stream);
             s.queued.clear();
+            s.handed = 0;
             s.tap_used = 0;
         }
     } settle{g, s};
