@@ -799,8 +799,7 @@ std::vector<float> ForwardCuda::forward(const Model& m, RunState& st, std::span<
                 rmsnorm(cs, h, x, lw.mlp_norm.get(), n, d, c.norm_eps);
             }
             gemm.matmul_wt(gate_up, h, lw.w_gate_up.get(), bias(lw.b_gate_up), n, 2 * I, d);
-            gated_act(cs, c.act, mlp, gate_up, n, I);
-            gemm.matmul_wt(proj, mlp, lw.w_down.get(), bias(lw.b_down), n, d, I);
+            gemm.matmul_gated(proj, gate_up, c.act, mlp, lw.w_down.get(), bias(lw.b_down), n, d, I);
             if (lw.post_mlp_norm.size()) rmsnorm(cs, proj, proj, lw.post_mlp_norm.get(), n, d, c.norm_eps);
             site(Site::MlpOut, L, proj);
             // the residual add, fused with the next norm (the next layer's, or the final one for

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "kernels/cuda/act.cuh"
 #include "kernels/cuda/cuda_util.h"
 #include "kernels/cuda/ops.cuh"
 
@@ -47,9 +48,13 @@ __device__ __forceinline__ void load8(float (&w)[8], const bf16* p) {
 // sums meet in shared memory, in a fixed order. VEC: in % 8 == 0 and W, x 16-byte aligned, so
 // W row o starts 16-byte aligned and x row r too (in·4 bytes is a multiple of 32); thread t of
 // the block then takes elements [8t, 8t + 8), [8t + 8·256, …), ….
-template <int NR, bool VEC>
+//
+// GATED: x is the MLP's gate_up [NR, 2·in] and the input row is gated(act, gate, up) (act.cuh),
+// computed as it is loaded: the down projection without a separate gated_act pass.
+template <int NR, bool VEC, bool GATED>
 __global__ void __launch_bounds__(32 * kGemvWarps) gemv_bf16_kernel(float* y, const float* x, const bf16* W,
-                                                                     const float* bias, int out, int in) {
+                                                                     const float* bias, int out, int in, Activation act) {
+    const int64_t x_ld = GATED ? 2 * int64_t(in) : in;  // floats from one input row to the next
     __shared__ float part[kGemvWarps][NR][kOutPerBlock];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int o0 = blockIdx.x * kOutPerBlock;
@@ -76,9 +81,16 @@ __global__ void __launch_bounds__(32 * kGemvWarps) gemv_bf16_kernel(float* y, co
             }
 #pragma unroll
             for (int r = 0; r < NR; ++r) {
-                const float4* xr = reinterpret_cast<const float4*>(x + int64_t(r) * in + int64_t(v) * 8);
+                const float4* xr = reinterpret_cast<const float4*>(x + r * x_ld + int64_t(v) * 8);
                 const float4 a = xr[0], b = xr[1];
-                const float xs[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+                float xs[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+                if constexpr (GATED) {
+                    const float4* ur = reinterpret_cast<const float4*>(x + r * x_ld + in + int64_t(v) * 8);
+                    const float4 c = ur[0], e = ur[1];
+                    const float us[8] = {c.x, c.y, c.z, c.w, e.x, e.y, e.z, e.w};
+#pragma unroll
+                    for (int t = 0; t < 8; ++t) xs[t] = gated(act, xs[t], us[t]);
+                }
 #pragma unroll
                 for (int o = 0; o < kOutPerBlock; ++o)
 #pragma unroll
@@ -92,7 +104,7 @@ __global__ void __launch_bounds__(32 * kGemvWarps) gemv_bf16_kernel(float* y, co
             for (int o = 0; o < kOutPerBlock; ++o) w[o] = o < nout ? __bfloat162float(W[int64_t(o0 + o) * in + k]) : 0.0f;
 #pragma unroll
             for (int r = 0; r < NR; ++r) {
-                const float xv = x[int64_t(r) * in + k];
+                const float xv = GATED ? gated(act, x[r * x_ld + k], x[r * x_ld + in + k]) : x[r * x_ld + k];
 #pragma unroll
                 for (int o = 0; o < kOutPerBlock; ++o) acc[r][o] += xv * w[o];
             }
@@ -117,15 +129,33 @@ __global__ void __launch_bounds__(32 * kGemvWarps) gemv_bf16_kernel(float* y, co
     }
 }
 
-template <int NR>
-void launch_gemv(cudaStream_t stream, float* y, const float* x, const bf16* W, const float* bias, int out, int in) {
+template <int NR, bool GATED>
+void launch_gemv(cudaStream_t stream, float* y, const float* x, const bf16* W, const float* bias, int out, int in,
+                 Activation act) {
     const unsigned blocks = unsigned((int64_t(out) + kOutPerBlock - 1) / kOutPerBlock);
     const bool vec = in % 8 == 0 && reinterpret_cast<uintptr_t>(W) % 16 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
     if (vec)
-        gemv_bf16_kernel<NR, true><<<blocks, 32 * kGemvWarps, 0, stream>>>(y, x, W, bias, out, in);
+        gemv_bf16_kernel<NR, true, GATED><<<blocks, 32 * kGemvWarps, 0, stream>>>(y, x, W, bias, out, in, act);
     else
-        gemv_bf16_kernel<NR, false><<<blocks, 32 * kGemvWarps, 0, stream>>>(y, x, W, bias, out, in);
+        gemv_bf16_kernel<NR, false, GATED><<<blocks, 32 * kGemvWarps, 0, stream>>>(y, x, W, bias, out, in, act);
     CUDA_CHECK(cudaGetLastError());
+}
+
+// The GEMV for n ≤ kSmallRows rows, one instantiation per row count.
+template <bool GATED>
+void gemv(cudaStream_t stream, float* y, const float* x, const bf16* W, const float* bias, int n, int out, int in,
+          Activation act) {
+    switch (n) {
+        case 1: launch_gemv<1, GATED>(stream, y, x, W, bias, out, in, act); break;
+        case 2: launch_gemv<2, GATED>(stream, y, x, W, bias, out, in, act); break;
+        case 3: launch_gemv<3, GATED>(stream, y, x, W, bias, out, in, act); break;
+        case 4: launch_gemv<4, GATED>(stream, y, x, W, bias, out, in, act); break;
+        case 5: launch_gemv<5, GATED>(stream, y, x, W, bias, out, in, act); break;
+        case 6: launch_gemv<6, GATED>(stream, y, x, W, bias, out, in, act); break;
+        case 7: launch_gemv<7, GATED>(stream, y, x, W, bias, out, in, act); break;
+        default: launch_gemv<8, GATED>(stream, y, x, W, bias, out, in, act); break;
+    }
+    static_assert(GemmContext::kSmallRows == 8, "one gemv instantiation per row count up to kSmallRows");
 }
 
 __global__ void add_bias_kernel(float* y, const float* bias, int64_t count, int out) {
@@ -152,17 +182,7 @@ GemmContext::~GemmContext() {
 void GemmContext::matmul_wt(float* y, const float* x, const bf16* W, const float* bias, int n, int out, int in) {
     if (n <= 0 || out <= 0) return;
     if (n <= kSmallRows) {
-        switch (n) {
-            case 1: launch_gemv<1>(stream_, y, x, W, bias, out, in); break;
-            case 2: launch_gemv<2>(stream_, y, x, W, bias, out, in); break;
-            case 3: launch_gemv<3>(stream_, y, x, W, bias, out, in); break;
-            case 4: launch_gemv<4>(stream_, y, x, W, bias, out, in); break;
-            case 5: launch_gemv<5>(stream_, y, x, W, bias, out, in); break;
-            case 6: launch_gemv<6>(stream_, y, x, W, bias, out, in); break;
-            case 7: launch_gemv<7>(stream_, y, x, W, bias, out, in); break;
-            default: launch_gemv<8>(stream_, y, x, W, bias, out, in); break;
-        }
-        static_assert(kSmallRows == 8, "one gemv instantiation per row count up to kSmallRows");
+        gemv<false>(stream_, y, x, W, bias, n, out, in, Activation::SiLU);
         return;
     }
     const size_t need = size_t(n) * size_t(in);
@@ -190,6 +210,17 @@ void GemmContext::matmul_wt(float* y, const float* x, const bf16* W, const float
         add_bias_kernel<<<unsigned(blocks), 256, 0, stream_>>>(y, bias, count, out);
         CUDA_CHECK(cudaGetLastError());
     }
+}
+
+void GemmContext::matmul_gated(float* y, const float* gate_up, Activation act, float* scratch, const bf16* W,
+                               const float* bias, int n, int out, int in) {
+    if (n <= 0 || out <= 0) return;
+    if (n <= kSmallRows) {
+        gemv<true>(stream_, y, gate_up, W, bias, n, out, in, act);
+        return;
+    }
+    gated_act(stream_, act, scratch, gate_up, n, in);
+    matmul_wt(y, scratch, W, bias, n, out, in);
 }
 
 }  // namespace stitch::cuda

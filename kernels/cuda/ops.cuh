@@ -92,6 +92,12 @@ public:
     // Rows at or below which matmul_wt uses the GEMV-style kernel instead of cuBLAS.
     static constexpr int kSmallRows = 8;
     void matmul_wt(float* y, const float* x, const bf16* W, const float* bias, int n, int out, int in);
+    // y = gated_act(act, gate_up) · Wᵀ (+ bias), gate_up [n, 2·in]: the MLP's down projection.
+    // Small n folds the activation into the GEMV's loads (no pass over an [n, in] buffer, one
+    // kernel fewer per layer of a decode step); larger n writes it to scratch [n, in] first.
+    // The same floats either way.
+    void matmul_gated(float* y, const float* gate_up, Activation act, float* scratch, const bf16* W, const float* bias,
+                      int n, int out, int in);
 
 private:
     cudaStream_t stream_;

@@ -186,6 +186,26 @@ std::vector<float> matmul_wt(const std::vector<float>& x, const std::vector<floa
     return download(s, dy);
 }
 
+std::vector<float> matmul_gated(const std::vector<float>& gate_up, Activation act, const std::vector<float>& W,
+                                const std::vector<float>& bias, int n, int out, int in, bool fused) {
+    Stream s;
+    DeviceBuffer<bf16> dW = upload_bf16(s, W);
+    DeviceBuffer<float> dg = upload(s, gate_up), db = upload(s, bias), dy(size_t(n) * size_t(out)),
+                        scratch(size_t(n) * size_t(in));
+    {
+        GemmContext ctx(s);
+        const float* b = bias.empty() ? nullptr : db.get();
+        if (fused) {
+            ctx.matmul_gated(dy.get(), dg.get(), act, scratch.get(), dW.get(), b, n, out, in);
+        } else {
+            cuda::gated_act(s, act, scratch.get(), dg.get(), n, in);
+            ctx.matmul_wt(dy.get(), scratch.get(), dW.get(), b, n, out, in);
+        }
+        CUDA_CHECK(cudaStreamSynchronize(s));
+    }
+    return download(s, dy);
+}
+
 std::vector<int32_t> argmax_rows(const std::vector<float>& x, int n, int cols) {
     Stream s;
     DeviceBuffer<float> dx = upload(s, x);

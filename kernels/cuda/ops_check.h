@@ -52,6 +52,10 @@ std::vector<float> attention(const std::vector<float>& q, int q_stride, const st
 // the device first.
 std::vector<float> matmul_wt(const std::vector<float>& x, const std::vector<float>& W, const std::vector<float>& bias,
                              int n, int out, int in);
+// GemmContext::matmul_gated: y = gated_act(act, gate_up [n, 2·in]) · Wᵀ (+ bias), W rounded to
+// bf16; fused = false runs gated_act and matmul_wt separately instead (for comparing the two).
+std::vector<float> matmul_gated(const std::vector<float>& gate_up, Activation act, const std::vector<float>& W,
+                                const std::vector<float>& bias, int n, int out, int in, bool fused);
 
 // cuda::set_prefill_attention (kernels/cuda/ops.cuh): 0 CUDA cores only, -1 default.
 void set_prefill_attention(int mode);

@@ -7,6 +7,7 @@
 #include <climits>
 #include <cmath>
 
+#include "kernels/cuda/act.cuh"
 #include "kernels/cuda/cuda_util.h"
 #include "kernels/cuda/ops.cuh"
 
@@ -131,20 +132,7 @@ __global__ void gated_act_kernel(Activation act, float* out, const float* gate_u
     for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < count;
          idx += int64_t(gridDim.x) * blockDim.x) {
         const int64_t i = idx / I, j = idx % I;
-        const float g = gate_up[i * 2 * I + j], u = gate_up[i * 2 * I + I + j];
-        float r;
-        switch (act) {
-            case Activation::SiLU: r = g / (1.0f + expf(-g)) * u; break;
-            case Activation::GeluTanh: {
-                // 0.5·g·(1 + tanh(z)) written as g / (1 + e^(-2z)), the CPU twin's form
-                constexpr float kBeta = 0.7978845608028654f, kKappa = 0.044715f;
-                const float z = kBeta * (g + kKappa * g * g * g);
-                r = g / (1.0f + expf(-2.0f * z)) * u;
-                break;
-            }
-            default: r = g * 0.5f * (1.0f + erff(g * 0.70710678118654752f)) * u; break;  // Gelu
-        }
-        out[idx] = r;
+        out[idx] = gated(act, gate_up[i * 2 * I + j], gate_up[i * 2 * I + I + j]);
     }
 }
 

@@ -302,6 +302,28 @@ TEST_CASE("gpu ops: steering rows and greedy argmax equal the CPU") {
 #endif
 }
 
+TEST_CASE("gpu ops: matmul_gated (activation folded into the decode GEMV) equals gated_act then matmul_wt") {
+    if (skipped("matmul_gated CUDA vs CPU")) return;
+#ifdef STITCH_HAVE_CUDA
+    for (Activation act : {Activation::SiLU, Activation::GeluTanh, Activation::Gelu})
+        for (auto [out, in] : {std::pair{37, 53}, {64, 256}, {515, 1024}})
+            for (int n : {1, 3, 8, 9}) {
+                const auto gu = randn(size_t(n) * 2 * in, uint64_t(n * 100 + in), 2.0f);
+                const auto W = randn(size_t(out) * in, uint64_t(out + in + 5));
+                const auto bias = randn(size_t(out), uint64_t(out) + 3);
+                const auto got = check::matmul_gated(gu, act, W, bias, n, out, in, true);
+                // the CPU: the activation, then the GEMM on bf16 W (and bf16 x once cuBLAS takes over)
+                std::vector<float> mid(size_t(n) * in), ref(size_t(n) * out);
+                cpu::gated_act(act, mid.data(), gu.data(), n, in);
+                if (n > check::kGemmSmallRows) mid = rounded_bf16(mid);
+                cpu::matmul_wt(ref.data(), mid.data(), rounded_bf16(W).data(), bias.data(), n, out, in);
+                report("matmul_gated", shape("%s n=%d out=%d in=%d", act_name(act), n, out, in), nerr(got, ref), 1e-3);
+                // the separate kernels compute the same expressions (up to the compiler's FMA choices)
+                CHECK(nerr(got, check::matmul_gated(gu, act, W, bias, n, out, in, false)) <= 1e-6);
+            }
+#endif
+}
+
 TEST_CASE("gpu ops: sample_rows draws the token cpu::sample_row draws for the same u") {
     if (skipped("sample_rows CUDA vs CPU")) return;
 #ifdef STITCH_HAVE_CUDA
