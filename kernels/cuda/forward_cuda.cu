@@ -42,28 +42,6 @@ auto reserve(Buffer& b, size_t n) {
     return b.get();
 }
 
-// Every packed row's K and V (columns k_col.. of its qkv row) into its sequence's cache at its
-// absolute position: the CPU path's two copy2d calls per sequence, as one launch for the batch
-// (a 64-sequence decode step would otherwise launch 128 copies per layer).
-__global__ void kv_append_kernel(const float* __restrict__ qkv, int qkv_w, int k_col, int kvd,
-                                 const int32_t* __restrict__ slot, const int32_t* __restrict__ pos,
-                                 float* const* k_base, float* const* v_base) {
-    const int r = blockIdx.x;
-    const float* src = qkv + int64_t(r) * qkv_w + k_col;
-    float* k = k_base[slot[r]] + int64_t(pos[r]) * kvd;
-    float* v = v_base[slot[r]] + int64_t(pos[r]) * kvd;
-    for (int j = threadIdx.x; j < kvd; j += blockDim.x) {
-        k[j] = src[j];
-        v[j] = src[kvd + j];
-    }
-}
-
-void kv_append(cudaStream_t stream, const float* qkv, int qkv_w, int k_col, int kvd, int n, const int32_t* slot,
-               const int32_t* pos, float* const* k_base, float* const* v_base) {
-    kv_append_kernel<<<n, 128, 0, stream>>>(qkv, qkv_w, k_col, kvd, slot, pos, k_base, v_base);
-    CUDA_CHECK(cudaGetLastError());
-}
-
 // Host → device at load time through two pinned staging slots, so the host's copy of one chunk
 // into pinned memory overlaps the transfer (and bf16 conversion) of the one before.
 class Uploader {
@@ -779,11 +757,10 @@ std::vector<float> ForwardCuda::forward(const Model& m, RunState& st, std::span<
                 head_rmsnorm(cs, qkv, n, qkv_w, 0, c.n_heads, hd, lw.q_norm.get(), c.norm_eps);
                 head_rmsnorm(cs, qkv, n, qkv_w, qd, c.n_kv_heads, hd, lw.k_norm.get(), c.norm_eps);
             }
-            // q's heads then k's are adjacent (k starts at column qd = n_heads · hd): one launch
-            rope(cs, qkv, n, qkv_w, 0, c.n_heads + c.n_kv_heads, hd, pos_d, lw.inv_freq.get());
+            // RoPE on q and k, and k and v into each row's cache at its position: one launch
             float* const* k_base = k_base_d + size_t(L) * ns;
             float* const* v_base = v_base_d + size_t(L) * ns;
-            kv_append(cs, qkv, qkv_w, qd, kvd, n, slot_d, pos_d, k_base, v_base);
+            rope_append(cs, qkv, n, qkv_w, c.n_heads, c.n_kv_heads, hd, pos_d, lw.inv_freq.get(), slot_d, k_base, v_base);
             attention(cs, attn, qkv, qkv_w, ns, row0_d, len_d, pos0_d, k_base, v_base, kvd, c.n_heads, c.n_kv_heads, hd,
                       c.attn_scale, c.layer_window[size_t(L)], c.attn_softcap, max_len, ctx);
             gemm.matmul_wt(proj, attn, lw.wo.get(), bias(lw.bo), n, d, qd);

@@ -46,6 +46,14 @@ void head_rmsnorm(cudaStream_t stream, float* x, int n, int stride, int col0, in
 void rope(cudaStream_t stream, float* x, int n, int stride, int col0, int n_heads, int head_dim, const int32_t* pos,
           const float* inv_freq);
 
+// A fused qkv block [n, stride] (q heads, then k heads, then v, each head_dim wide) gets RoPE on
+// its q and k heads (rope's rotation, the same floats), and each row's rotated k and its v go to
+// its sequence's cache: k_base[slot[r]] / v_base[slot[r]] + pos[r] · (n_kv_heads · head_dim).
+// What rope on q, rope on k and the cache append do, in one launch.
+void rope_append(cudaStream_t stream, float* qkv, int n, int stride, int n_heads, int n_kv_heads, int head_dim,
+                 const int32_t* pos, const float* inv_freq, const int32_t* slot, float* const* k_base,
+                 float* const* v_base);
+
 // out[n, I] = act(gate_up[:, :I]) · gate_up[:, I:] (SwiGLU / GeGLU; see ops_cpu.h for each act).
 void gated_act(cudaStream_t stream, Activation act, float* out, const float* gate_up, int n, int I);
 

@@ -114,6 +114,27 @@ std::vector<float> rope(const std::vector<float>& x, int n, int stride, int col0
     return download(s, dx);
 }
 
+std::vector<float> rope_append(const std::vector<float>& qkv, int n, int stride, int n_heads, int n_kv_heads,
+                               int head_dim, const std::vector<int32_t>& pos, const std::vector<float>& inv_freq,
+                               const std::vector<int32_t>& slot, int n_slots, int capacity) {
+    Stream s;
+    const size_t cache = size_t(capacity) * size_t(n_kv_heads) * size_t(head_dim);
+    DeviceBuffer<float> dx = upload(s, qkv), df = upload(s, inv_freq), k{cache * size_t(n_slots)},
+                        v{cache * size_t(n_slots)};
+    k.zero(s);
+    v.zero(s);
+    DeviceBuffer<int32_t> dp = upload(s, pos), ds = upload(s, slot);
+    std::vector<float*> kb, vb;
+    for (int i = 0; i < n_slots; ++i) kb.push_back(k.get() + size_t(i) * cache), vb.push_back(v.get() + size_t(i) * cache);
+    DeviceBuffer<float*> dkb = upload(s, kb), dvb = upload(s, vb);
+    cuda::rope_append(s, dx.get(), n, stride, n_heads, n_kv_heads, head_dim, dp.get(), df.get(), ds.get(), dkb.get(),
+                      dvb.get());
+    std::vector<float> out = download(s, dx), hk = download(s, k), hv = download(s, v);
+    out.insert(out.end(), hk.begin(), hk.end());
+    out.insert(out.end(), hv.begin(), hv.end());
+    return out;
+}
+
 std::vector<float> gated_act(Activation act, const std::vector<float>& gate_up, int n, int I) {
     Stream s;
     DeviceBuffer<float> dg = upload(s, gate_up), dout(size_t(n) * size_t(I));

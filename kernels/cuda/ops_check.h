@@ -32,6 +32,11 @@ std::vector<float> head_rmsnorm(const std::vector<float>& x, int n, int stride, 
 // x: [n, stride]; pos: [n]; inv_freq: [head_dim / 2].
 std::vector<float> rope(const std::vector<float>& x, int n, int stride, int col0, int n_heads, int head_dim,
                         const std::vector<int32_t>& pos, const std::vector<float>& inv_freq);
+// cuda::rope_append on a fused qkv block [n, stride] (q heads, k heads, v) with n_slots zeroed
+// caches of `capacity` positions; returns the rotated qkv, then every slot's K cache, then V.
+std::vector<float> rope_append(const std::vector<float>& qkv, int n, int stride, int n_heads, int n_kv_heads,
+                               int head_dim, const std::vector<int32_t>& pos, const std::vector<float>& inv_freq,
+                               const std::vector<int32_t>& slot, int n_slots, int capacity);
 std::vector<float> gated_act(Activation act, const std::vector<float>& gate_up, int n, int I);
 std::vector<float> softcap(const std::vector<float>& x, float cap);
 std::vector<float> add(const std::vector<float>& x, const std::vector<float>& y);

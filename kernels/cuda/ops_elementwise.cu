@@ -241,6 +241,53 @@ void head_rmsnorm(cudaStream_t stream, float* x, int n, int stride, int col0, in
     CUDA_CHECK(cudaGetLastError());
 }
 
+// rope_kernel over a fused qkv row's q and k heads, then the row's rotated k and its v into its
+// sequence's cache at its position: one block per row, the rotation's floats exactly rope_kernel's.
+__global__ void rope_append_kernel(float* qkv, int stride, int n_heads, int n_kv_heads, int head_dim,
+                                   const int32_t* pos, const float* inv_freq, const int32_t* slot,
+                                   float* const* k_base, float* const* v_base) {
+    extern __shared__ float cs_sn[];  // [half] cos, then [half] sin
+    const int half = head_dim / 2;
+    float* cs = cs_sn;
+    float* sn = cs_sn + half;
+    const int64_t row = blockIdx.x;
+    const float p = float(pos[row]);
+    for (int k = threadIdx.x; k < half; k += blockDim.x) {
+        const float a = p * inv_freq[k];
+        cs[k] = cosf(a);
+        sn[k] = sinf(a);
+    }
+    __syncthreads();
+    float* base = qkv + row * stride;
+    const int kvd = n_kv_heads * head_dim, qd = n_heads * head_dim;
+    float* kc = k_base[slot[row]] + int64_t(pos[row]) * kvd;
+    float* vc = v_base[slot[row]] + int64_t(pos[row]) * kvd;
+    for (int t = threadIdx.x; t < (n_heads + n_kv_heads) * half; t += blockDim.x) {
+        const int h = t / half, k = t % half;
+        float* v = base + int64_t(h) * head_dim;
+        const float a = v[k], b = v[k + half];
+        const float ra = a * cs[k] - b * sn[k], rb = b * cs[k] + a * sn[k];
+        v[k] = ra;
+        v[k + half] = rb;
+        if (h >= n_heads) {  // a k head: its rotated values into the cache too
+            float* kh = kc + int64_t(h - n_heads) * head_dim;
+            kh[k] = ra;
+            kh[k + half] = rb;
+        }
+    }
+    for (int j = threadIdx.x; j < kvd; j += blockDim.x) vc[j] = base[qd + kvd + j];
+}
+
+void rope_append(cudaStream_t stream, float* qkv, int n, int stride, int n_heads, int n_kv_heads, int head_dim,
+                 const int32_t* pos, const float* inv_freq, const int32_t* slot, float* const* k_base,
+                 float* const* v_base) {
+    if (n <= 0 || head_dim < 2) return;
+    const size_t shared = sizeof(float) * size_t(head_dim / 2) * 2;
+    rope_append_kernel<<<n, 128, shared, stream>>>(qkv, stride, n_heads, n_kv_heads, head_dim, pos, inv_freq, slot,
+                                                  k_base, v_base);
+    CUDA_CHECK(cudaGetLastError());
+}
+
 void rope(cudaStream_t stream, float* x, int n, int stride, int col0, int n_heads, int head_dim, const int32_t* pos,
           const float* inv_freq) {
     if (n <= 0 || n_heads <= 0 || head_dim < 2) return;

@@ -203,6 +203,27 @@ TEST_CASE("gpu ops: norms, RoPE, activations, soft-cap, add and copy equal the C
         cpu::rope(ref.data(), n, stride, col0, heads, hd, pos.data(), inv_freq.data());
         report("rope", shape("n=%d heads=%d hd=%d", n, heads, hd),
                nerr(check::rope(x, n, stride, col0, heads, hd, pos, inv_freq), ref), 1e-5);
+
+        // RoPE on a fused qkv row's q and k heads with the cache append (rows alternate between two
+        // sequences; positions distinct within each): the CPU's rope, then k and v copied
+        const int qh = 4, kh = 2, qd = qh * hd, kvd = kh * hd, w = qd + 2 * kvd, slots = 2, cap = 5000;
+        const auto qkv = randn(size_t(n) * w, uint64_t(hd) + 23);
+        std::vector<int32_t> slot(static_cast<size_t>(n)), apos(static_cast<size_t>(n));
+        for (int r = 0; r < n; ++r) slot[size_t(r)] = r % 2, apos[size_t(r)] = (r / 2) * 37 % cap;
+        auto want = qkv;
+        cpu::rope(want.data(), n, w, 0, qh + kh, hd, apos.data(), inv_freq.data());
+        std::vector<float> kc(size_t(slots) * cap * kvd, 0.0f), vc(kc.size(), 0.0f);
+        for (int r = 0; r < n; ++r) {
+            const size_t at = (size_t(slot[size_t(r)]) * cap + size_t(apos[size_t(r)])) * kvd;
+            std::copy_n(&want[size_t(r) * w + qd], kvd, &kc[at]);
+            std::copy_n(&want[size_t(r) * w + qd + kvd], kvd, &vc[at]);
+        }
+        want.insert(want.end(), kc.begin(), kc.end());
+        want.insert(want.end(), vc.begin(), vc.end());
+        const auto got = check::rope_append(qkv, n, w, qh, kh, hd, apos, inv_freq, slot, slots, cap);
+        report("rope_append", shape("n=%d heads=%d/%d hd=%d", n, qh, kh, hd), nerr(got, want), 1e-5);
+        // the rotation is rope's, float for float
+        CHECK(std::equal(got.begin(), got.begin() + qkv.size(), check::rope(qkv, n, w, 0, qh + kh, hd, apos, inv_freq).begin()));
     }
 
     for (Activation act : {Activation::SiLU, Activation::GeluTanh, Activation::Gelu})
