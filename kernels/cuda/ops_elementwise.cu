@@ -102,8 +102,18 @@ __global__ void head_rmsnorm_kernel(float* x, int stride, int col0, int n_heads,
     for (int j = lane; j < head_dim; j += 32) v[j] = (v[j] * inv) * w[j];
 }
 
-// One block per row; the row's cos/sin table (head_dim/2 pairs) is built once in shared
-// memory and used by every head.
+// The row's cos/sin table for RoPE at position p (half pairs: cos in cs[0, half), sin in
+// sn[0, half)), in shared memory, built once per block and used by every head. Every thread calls it.
+__device__ void rope_table(float* cs, float* sn, int half, float p, const float* inv_freq) {
+    for (int k = threadIdx.x; k < half; k += blockDim.x) {
+        const float a = p * inv_freq[k];  // f32 angle, as HF and the CPU twin compute it
+        cs[k] = cosf(a);
+        sn[k] = sinf(a);
+    }
+    __syncthreads();
+}
+
+// One block per row.
 __global__ void rope_kernel(float* x, int stride, int col0, int n_heads, int head_dim, const int32_t* pos,
                             const float* inv_freq) {
     extern __shared__ float cs_sn[];  // [half] cos, then [half] sin
@@ -111,13 +121,7 @@ __global__ void rope_kernel(float* x, int stride, int col0, int n_heads, int hea
     float* cs = cs_sn;
     float* sn = cs_sn + half;
     const int64_t row = blockIdx.x;
-    const float p = float(pos[row]);
-    for (int k = threadIdx.x; k < half; k += blockDim.x) {
-        const float a = p * inv_freq[k];  // f32 angle, as HF and the CPU twin compute it
-        cs[k] = cosf(a);
-        sn[k] = sinf(a);
-    }
-    __syncthreads();
+    rope_table(cs, sn, half, float(pos[row]), inv_freq);
     float* base = x + row * stride + col0;
     for (int t = threadIdx.x; t < n_heads * half; t += blockDim.x) {
         const int h = t / half, k = t % half;
@@ -251,13 +255,7 @@ __global__ void rope_append_kernel(float* qkv, int stride, int n_heads, int n_kv
     float* cs = cs_sn;
     float* sn = cs_sn + half;
     const int64_t row = blockIdx.x;
-    const float p = float(pos[row]);
-    for (int k = threadIdx.x; k < half; k += blockDim.x) {
-        const float a = p * inv_freq[k];
-        cs[k] = cosf(a);
-        sn[k] = sinf(a);
-    }
-    __syncthreads();
+    rope_table(cs, sn, half, float(pos[row]), inv_freq);
     float* base = qkv + row * stride;
     const int kvd = n_kv_heads * head_dim, qd = n_heads * head_dim;
     float* kc = k_base[slot[row]] + int64_t(pos[row]) * kvd;
