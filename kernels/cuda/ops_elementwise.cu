@@ -102,33 +102,45 @@ __global__ void head_rmsnorm_kernel(float* x, int stride, int col0, int n_heads,
     for (int j = lane; j < head_dim; j += 32) v[j] = (v[j] * inv) * w[j];
 }
 
-// The row's cos/sin table for RoPE at position p (half pairs: cos in cs[0, half), sin in
-// sn[0, half)), in shared memory, built once per block and used by every head. Every thread calls it.
-__device__ void rope_table(float* cs, float* sn, int half, float p, const float* inv_freq) {
+// One block per row: the row's cos/sin table (head_dim/2 pairs) is built once in shared memory
+// and used by every head. With k_base (rope_append), heads [k_head0, n_heads) are the row's k:
+// their rotated values also go to its sequence's cache, and the (n_heads − k_head0)·head_dim
+// floats after them (its v) too.
+__global__ void rope_kernel(float* x, int stride, int col0, int n_heads, int head_dim, const int32_t* pos,
+                            const float* inv_freq, int k_head0, const int32_t* slot, float* const* k_base,
+                            float* const* v_base) {
+    extern __shared__ float cs_sn[];  // [half] cos, then [half] sin
+    const int half = head_dim / 2;
+    float* cs = cs_sn;
+    float* sn = cs_sn + half;
+    const int64_t row = blockIdx.x;
+    const float p = float(pos[row]);
     for (int k = threadIdx.x; k < half; k += blockDim.x) {
         const float a = p * inv_freq[k];  // f32 angle, as HF and the CPU twin compute it
         cs[k] = cosf(a);
         sn[k] = sinf(a);
     }
     __syncthreads();
-}
-
-// One block per row.
-__global__ void rope_kernel(float* x, int stride, int col0, int n_heads, int head_dim, const int32_t* pos,
-                            const float* inv_freq) {
-    extern __shared__ float cs_sn[];  // [half] cos, then [half] sin
-    const int half = head_dim / 2;
-    float* cs = cs_sn;
-    float* sn = cs_sn + half;
-    const int64_t row = blockIdx.x;
-    rope_table(cs, sn, half, float(pos[row]), inv_freq);
     float* base = x + row * stride + col0;
+    const int kvd = (n_heads - k_head0) * head_dim;
+    float* kc = k_base ? k_base[slot[row]] + int64_t(pos[row]) * kvd : nullptr;
     for (int t = threadIdx.x; t < n_heads * half; t += blockDim.x) {
         const int h = t / half, k = t % half;
         float* v = base + int64_t(h) * head_dim;
         const float a = v[k], b = v[k + half];
-        v[k] = a * cs[k] - b * sn[k];
-        v[k + half] = b * cs[k] + a * sn[k];
+        const float ra = a * cs[k] - b * sn[k], rb = b * cs[k] + a * sn[k];
+        v[k] = ra;
+        v[k + half] = rb;
+        if (kc && h >= k_head0) {
+            float* kh = kc + int64_t(h - k_head0) * head_dim;
+            kh[k] = ra;
+            kh[k + half] = rb;
+        }
+    }
+    if (k_base) {
+        float* vc = v_base[slot[row]] + int64_t(pos[row]) * kvd;
+        const float* vr = base + int64_t(n_heads) * head_dim;
+        for (int j = threadIdx.x; j < kvd; j += blockDim.x) vc[j] = vr[j];
     }
 }
 
@@ -245,44 +257,14 @@ void head_rmsnorm(cudaStream_t stream, float* x, int n, int stride, int col0, in
     CUDA_CHECK(cudaGetLastError());
 }
 
-// rope_kernel over a fused qkv row's q and k heads, then the row's rotated k and its v into its
-// sequence's cache at its position: one block per row, the rotation's floats exactly rope_kernel's.
-__global__ void rope_append_kernel(float* qkv, int stride, int n_heads, int n_kv_heads, int head_dim,
-                                   const int32_t* pos, const float* inv_freq, const int32_t* slot,
-                                   float* const* k_base, float* const* v_base) {
-    extern __shared__ float cs_sn[];  // [half] cos, then [half] sin
-    const int half = head_dim / 2;
-    float* cs = cs_sn;
-    float* sn = cs_sn + half;
-    const int64_t row = blockIdx.x;
-    rope_table(cs, sn, half, float(pos[row]), inv_freq);
-    float* base = qkv + row * stride;
-    const int kvd = n_kv_heads * head_dim, qd = n_heads * head_dim;
-    float* kc = k_base[slot[row]] + int64_t(pos[row]) * kvd;
-    float* vc = v_base[slot[row]] + int64_t(pos[row]) * kvd;
-    for (int t = threadIdx.x; t < (n_heads + n_kv_heads) * half; t += blockDim.x) {
-        const int h = t / half, k = t % half;
-        float* v = base + int64_t(h) * head_dim;
-        const float a = v[k], b = v[k + half];
-        const float ra = a * cs[k] - b * sn[k], rb = b * cs[k] + a * sn[k];
-        v[k] = ra;
-        v[k + half] = rb;
-        if (h >= n_heads) {  // a k head: its rotated values into the cache too
-            float* kh = kc + int64_t(h - n_heads) * head_dim;
-            kh[k] = ra;
-            kh[k + half] = rb;
-        }
-    }
-    for (int j = threadIdx.x; j < kvd; j += blockDim.x) vc[j] = base[qd + kvd + j];
-}
 
 void rope_append(cudaStream_t stream, float* qkv, int n, int stride, int n_heads, int n_kv_heads, int head_dim,
                  const int32_t* pos, const float* inv_freq, const int32_t* slot, float* const* k_base,
                  float* const* v_base) {
     if (n <= 0 || head_dim < 2) return;
     const size_t shared = sizeof(float) * size_t(head_dim / 2) * 2;
-    rope_append_kernel<<<n, 128, shared, stream>>>(qkv, stride, n_heads, n_kv_heads, head_dim, pos, inv_freq, slot,
-                                                  k_base, v_base);
+    rope_kernel<<<n, 128, shared, stream>>>(qkv, stride, 0, n_heads + n_kv_heads, head_dim, pos, inv_freq, n_heads, slot,
+                                           k_base, v_base);
     CUDA_CHECK(cudaGetLastError());
 }
 
@@ -290,7 +272,8 @@ void rope(cudaStream_t stream, float* x, int n, int stride, int col0, int n_head
           const float* inv_freq) {
     if (n <= 0 || n_heads <= 0 || head_dim < 2) return;
     const size_t shared = sizeof(float) * size_t(head_dim / 2) * 2;
-    rope_kernel<<<n, 128, shared, stream>>>(x, stride, col0, n_heads, head_dim, pos, inv_freq);
+    rope_kernel<<<n, 128, shared, stream>>>(x, stride, col0, n_heads, head_dim, pos, inv_freq, n_heads, nullptr, nullptr,
+                                           nullptr);
     CUDA_CHECK(cudaGetLastError());
 }
 
