@@ -7,6 +7,7 @@
 #include "engine/finite.h"
 #include "engine/ops.h"
 #include "engine/steer.h"
+#include "kernels/cpu/ops_cpu.h"
 
 #ifdef STITCH_HAVE_CUDA
 #include "kernels/cuda/forward_cuda.h"
@@ -31,9 +32,10 @@ const char* site_name(Site s) {
 void pick_tokens(const float* logits, int rows, int vocab, const ForwardOptions& opt) {
     if (opt.sampling.temperature > 0.0f && !opt.rng) fail("", "internal: sampling without a random generator");
     opt.next->resize(size_t(rows));
-    std::mt19937_64 unused;
-    for (int i = 0; i < rows; ++i)
-        (*opt.next)[size_t(i)] = sample_token(logits + int64_t(i) * vocab, vocab, opt.sampling, opt.rng ? *opt.rng : unused);
+    const SamplingParams& p = opt.sampling;
+    for (int i = 0; i < rows; ++i)  // greedy takes no draw (and may have no generator)
+        (*opt.next)[size_t(i)] = cpu::sample_row(logits + int64_t(i) * vocab, vocab, p.temperature, p.top_k, p.top_p,
+                                                 opt.rng ? sample_uniform(p, *opt.rng) : 0.0);
 }
 
 bool Hooks::steers(Site s) const { return steering && steering->wants(s); }

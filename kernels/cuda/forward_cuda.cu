@@ -472,6 +472,49 @@ struct ForwardCuda::Impl {
         graphs.emplace_back(k, exec);
     }
 
+    bool graphs_enabled() const {
+        if (graphs_failed) return false;
+        int on = g_graphs.load();
+        if (on < 0) {
+            const char* e = std::getenv("STITCH_CUDA_GRAPHS");
+            on = !(e && std::strcmp(e, "0") == 0);
+        }
+        return on != 0;
+    }
+
+    // Captures what `enqueue` puts on the stream into an executable graph. On any failure the
+    // capture is abandoned, graphs are switched off for this model (one line on stderr) and null
+    // returned: the caller then runs the step eagerly, as every step without graphs.
+    template <typename Enqueue>
+    cudaGraphExec_t capture_graph(Enqueue&& enqueue) {
+        cudaGraph_t graph = nullptr;
+        cudaGraphExec_t exec = nullptr;
+        std::string why;
+        cudaError_t err = cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed);
+        if (err == cudaSuccess) {
+            try {
+                enqueue();
+            } catch (const std::exception& e) {
+                why = e.what();
+            }
+            const cudaError_t end = cudaStreamEndCapture(stream, &graph);
+            if (why.empty() && end != cudaSuccess) why = cudaGetErrorString(end);
+            if (why.empty()) {
+                err = cudaGraphInstantiate(&exec, graph, 0);
+                if (err != cudaSuccess) why = cudaGetErrorString(err), exec = nullptr;
+            }
+            if (graph) cudaGraphDestroy(graph);
+        } else {
+            why = cudaGetErrorString(err);
+        }
+        if (exec) return exec;
+        cudaGetLastError();  // clear the capture's error so the eager run starts clean
+        graphs_failed = true;
+        std::fprintf(stderr, "stitch: CUDA graph capture of a decode step failed (%s); decoding without graphs\n",
+                     why.c_str());
+        return nullptr;
+    }
+
     cudaStream_t stream = nullptr;       // the forward pass
     cudaStream_t copy_stream = nullptr;  // read-only taps on their way to the host
     cudaEvent_t tap_ready = nullptr;     // "the snapshot is taken": the copy stream waits on it
@@ -495,51 +538,6 @@ struct ForwardCuda::Impl {
     }
 };
 
-namespace {
-
-bool graphs_enabled(const ForwardCuda::Impl& g) {
-    if (g.graphs_failed) return false;
-    int on = g_graphs.load();
-    if (on < 0) {
-        const char* e = std::getenv("STITCH_CUDA_GRAPHS");
-        on = !(e && std::strcmp(e, "0") == 0);
-    }
-    return on != 0;
-}
-
-// Captures what `enqueue` puts on g.stream into an executable graph. On any failure the capture
-// is abandoned, graphs are switched off for this model (one line on stderr) and null returned:
-// the caller then runs the step eagerly, as every step without graphs.
-template <typename Enqueue>
-cudaGraphExec_t capture_graph(ForwardCuda::Impl& g, Enqueue&& enqueue) {
-    cudaGraph_t graph = nullptr;
-    cudaGraphExec_t exec = nullptr;
-    std::string why;
-    cudaError_t err = cudaStreamBeginCapture(g.stream, cudaStreamCaptureModeRelaxed);
-    if (err == cudaSuccess) {
-        try {
-            enqueue();
-        } catch (const std::exception& e) {
-            why = e.what();
-        }
-        const cudaError_t end = cudaStreamEndCapture(g.stream, &graph);
-        if (why.empty() && end != cudaSuccess) why = cudaGetErrorString(end);
-        if (why.empty()) {
-            err = cudaGraphInstantiate(&exec, graph, 0);
-            if (err != cudaSuccess) why = cudaGetErrorString(err), exec = nullptr;
-        }
-        if (graph) cudaGraphDestroy(graph);
-    } else {
-        why = cudaGetErrorString(err);
-    }
-    if (exec) return exec;
-    cudaGetLastError();  // clear the capture's error so the eager run starts clean
-    g.graphs_failed = true;
-    std::fprintf(stderr, "stitch: CUDA graph capture of a decode step failed (%s); decoding without graphs\n", why.c_str());
-    return nullptr;
-}
-
-}  // namespace
 
 void set_cuda_graphs(int on) { g_graphs.store(on < 0 ? -1 : on != 0); }
 
@@ -610,7 +608,7 @@ std::string ForwardCuda::device() const { return impl_->name; }
 std::string ForwardCuda::prefill_attention() const {
     return prefill_on_tensor_cores(impl_->head_dim) ? "tensor cores (TF32)" : "CUDA cores (F32)";
 }
-bool ForwardCuda::decode_graphs() const { return graphs_enabled(*impl_); }
+bool ForwardCuda::decode_graphs() const { return impl_->graphs_enabled(); }
 
 // ---- the forward pass -------------------------------------------------------------------------
 
@@ -823,7 +821,7 @@ std::vector<float> ForwardCuda::forward(const Model& m, RunState& st, std::span<
     // advance as compute() would have advanced them.
     const bool no_host_sites = !hooks || (hooks->site_mask == 0 && !hooks->steers(Site::Logits));
     const bool graph = decode && nl == n && no_host_sites && !check_finite && n <= GemmContext::kSmallRows &&
-                       graphs_enabled(g);
+                       g.graphs_enabled();
     if (graph) {
         const GraphKey key{n, ns, ctx, {x, h, qkv, attn, proj, gate_up, mlp, logits_d}, md, steer.signature()};
         if (cudaGraphExec_t exec = g.find_graph(key)) {
@@ -832,7 +830,7 @@ std::vector<float> ForwardCuda::forward(const Model& m, RunState& st, std::span<
         } else {
             std::vector<int> lengths;
             for (const auto& q : seqs) lengths.push_back(q.cache->length);
-            if (cudaGraphExec_t made = capture_graph(g, [&] { compute(ctx); })) {
+            if (cudaGraphExec_t made = g.capture_graph([&] { compute(ctx); })) {
                 g.add_graph(key, made);
                 CUDA_CHECK(cudaGraphLaunch(made, cs));
             } else {

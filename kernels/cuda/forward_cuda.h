@@ -49,9 +49,8 @@ public:
     bool decode_graphs() const;
     std::string device() const;   // "NVIDIA H100 80GB HBM3 (sm_90)"
 
-    struct Impl;
-
 private:
+    struct Impl;
     std::unique_ptr<Impl> impl_;
 };
 
